@@ -1,0 +1,1 @@
+"""Clients of an edgecnn server: health checks, classification. No torch here."""

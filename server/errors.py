@@ -1,0 +1,35 @@
+"""Errors a request can end with, each carrying its gRPC status code."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ServingError(Exception):
+    """A request failed; ``code`` is the gRPC status the client receives with the message."""
+
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(ServingError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class InvalidArgument(ServingError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class QueueFull(ServingError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ServingError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class StartupError(RuntimeError):
+    """The server cannot start (bad repository, no GPU for --device cuda, port in use, ...)."""

@@ -1,0 +1,75 @@
+"""Every model version the server holds, looked up by (name, version) the way KServe does:
+an empty version means the latest."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from edgecnn import repository as repo
+
+from .errors import NotFound, StartupError
+from .runtime import ModelVersion, load_version
+
+log = logging.getLogger(__name__)
+
+
+class ModelRegistry:
+    def __init__(self, versions: list[ModelVersion]) -> None:
+        self._by_key: dict[tuple[str, str], ModelVersion] = {}
+        self._versions: dict[str, list[ModelVersion]] = {}
+        for mv in sorted(versions, key=lambda v: (v.name, v.version)):
+            self._by_key[(mv.name, mv.version_str)] = mv
+            self._versions.setdefault(mv.name, []).append(mv)
+        for name, listed in self._versions.items():
+            self._by_key[(name, "")] = listed[-1]
+
+    def get(self, name: str, version: str = "") -> ModelVersion:
+        found = self._by_key.get((name, version))
+        if found is not None:
+            return found
+        if name not in self._versions:
+            known = ", ".join(self._versions) or "none"
+            raise NotFound(f"unknown model {name!r}; this server has: {known}")
+        have = ", ".join(mv.version_str for mv in self._versions[name])
+        raise NotFound(f"model {name!r} has no version {version!r}; expected one of: {have} (or empty for the latest)")
+
+    def names(self) -> list[str]:
+        return list(self._versions)
+
+    def versions_of(self, name: str) -> list[ModelVersion]:
+        return list(self._versions.get(name, []))
+
+    def all(self) -> list[ModelVersion]:
+        return [mv for listed in self._versions.values() for mv in listed]
+
+
+def load_registry(
+    repository: Path,
+    providers: list[str],
+    threads: int = 0,
+    max_batch_size: int | None = None,
+    max_queue_delay_us: int | None = None,
+) -> ModelRegistry:
+    """Open a session for every version in the repository; any failure stops the start."""
+    try:
+        entries = repo.list_models(repository)
+    except repo.RepositoryError as exc:
+        raise StartupError(str(exc)) from None
+    if not entries:
+        raise StartupError(f"model repository {repository} holds no model (expected <name>/config.pbtxt and <name>/<version>/model.onnx)")
+    configs: dict[str, object] = {}
+    loaded = []
+    for entry in entries:
+        if entry.name not in configs:
+            try:
+                configs[entry.name] = repo.read_config(entry.model_dir)
+            except repo.RepositoryError as exc:
+                raise StartupError(str(exc)) from None
+        mv = load_version(entry, configs[entry.name], providers, threads, max_batch_size, max_queue_delay_us)  # type: ignore[arg-type]
+        log.info(
+            "loaded %s version %d (%s, %d params, opset %d, max batch %d, queue delay %d us)",
+            mv.name, mv.version, mv.provider, mv.params, mv.opset, mv.max_batch_size, mv.max_queue_delay_us,
+        )
+        loaded.append(mv)
+    return ModelRegistry(loaded)

@@ -1,0 +1,189 @@
+"""One served model version: its ONNX Runtime session and everything the hot path needs,
+computed once at load time."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from edgecnn import repository as repo
+from edgecnn.protos import model_config_pb2
+
+from .device import CUDA
+from .errors import StartupError
+from .onnx_info import opset_version
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PIXEL_SCALE = 1.0 / 255.0
+
+
+@dataclass(frozen=True)
+class Verification:
+    present: bool
+    passed: bool
+    summary: str
+    details_json: str
+
+
+@dataclass
+class ModelVersion:
+    name: str
+    version: int
+    onnx_path: Path
+    session: ort.InferenceSession
+    config: model_config_pb2.ModelConfig
+    provider: str
+    input_name: str
+    output_name: str
+    input_shape: tuple[int, int, int]  # C, H, W
+    labels: list[str]
+    mean: np.ndarray  # float32 (C, 1, 1)
+    std: np.ndarray
+    pixel_scale: float
+    architecture: str
+    dataset: str
+    params: int
+    onnx_bytes: int
+    opset: int
+    quantization: str
+    test_accuracy: float
+    max_batch_size: int  # 0: the model takes no batching (one request per run)
+    max_queue_delay_us: int
+    verification: Verification
+    # Derived constants for request validation.
+    sample_size: int = field(init=False)
+    sample_nbytes: int = field(init=False)
+    version_str: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sample_size = int(np.prod(self.input_shape))
+        self.sample_nbytes = self.sample_size * 4
+        self.version_str = str(self.version)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Logits for a float32 (N, C, H, W) batch; blocking, call it off the event loop."""
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+
+def _session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: no per-node placement chatter
+    return options
+
+
+def _read_verification(path: Path) -> Verification:
+    if not path.is_file():
+        return Verification(False, False, "not verified (no verification.json)", "")
+    text = path.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return Verification(True, False, f"unreadable verification.json: {exc}", text)
+    passed = bool(data.get("passed", False)) if isinstance(data, dict) else False
+    summary = data.get("summary") if isinstance(data, dict) else None
+    if not isinstance(summary, str):
+        facts = ", ".join(
+            f"{k} {data[k]}" for k in ("max_abs_diff", "top1_agreement", "samples") if isinstance(data, dict) and k in data
+        )
+        summary = ("passed" if passed else "failed") + (f": {facts}" if facts else "")
+    return Verification(True, passed, summary, text)
+
+
+def _input_shape(meta: dict[str, Any], config: model_config_pb2.ModelConfig, session: ort.InferenceSession) -> tuple[int, int, int]:
+    if repo.Meta.INPUT_SHAPE in meta:
+        shape = [int(d) for d in meta[repo.Meta.INPUT_SHAPE]]
+    elif config.input and len(config.input[0].dims) == 3:
+        shape = [int(d) for d in config.input[0].dims]
+    else:
+        shape = list(session.get_inputs()[0].shape[1:])
+    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise StartupError(f"cannot tell the [C, H, W] input shape of the model (got {shape})")
+    return tuple(shape)  # type: ignore[return-value]
+
+
+def _per_channel(values: Any, channels: int, default: float, what: str, path: Path) -> np.ndarray:
+    if values is None:
+        log.warning("%s: no %s in the ONNX metadata; using %s", path, what, default)
+        values = [default] * channels
+    array = np.asarray(values, dtype=np.float32).reshape(-1)
+    if array.size == 1:
+        array = np.repeat(array, channels)
+    if array.size != channels:
+        raise StartupError(f"{path}: {what} has {array.size} values, expected one per channel ({channels})")
+    return array.reshape(channels, 1, 1)
+
+
+def load_version(
+    entry: repo.ModelVersionPath,
+    config: model_config_pb2.ModelConfig,
+    providers: list[str],
+    threads: int,
+    max_batch_size: int | None,
+    max_queue_delay_us: int | None,
+) -> ModelVersion:
+    path = entry.onnx_path
+    try:
+        session = ort.InferenceSession(str(path), sess_options=_session_options(threads), providers=providers)
+    except Exception as exc:  # ORT raises its own exception types per failure
+        raise StartupError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
+    provider = session.get_providers()[0]
+    if providers[0] == CUDA and provider != CUDA:
+        raise StartupError(f"{path}: asked for {CUDA} but ONNX Runtime fell back to {provider}")
+    meta = repo.decode_metadata(dict(session.get_modelmeta().custom_metadata_map))
+    shape = _input_shape(meta, config, session)
+    labels = meta.get(repo.Meta.LABELS) or repo.read_labels(entry.model_dir)
+    outputs = session.get_outputs()
+    num_classes = outputs[0].shape[-1] if isinstance(outputs[0].shape[-1], int) else len(labels)
+    if not labels:
+        labels = [str(i) for i in range(num_classes)]
+    if num_classes != len(labels):
+        raise StartupError(f"{path}: the model has {num_classes} outputs but {len(labels)} labels")
+    batch = config.max_batch_size if max_batch_size is None else max_batch_size
+    if max_queue_delay_us is not None:
+        delay = max_queue_delay_us
+    elif config.HasField("dynamic_batching"):
+        delay = config.dynamic_batching.max_queue_delay_microseconds
+    else:
+        delay = 0
+    accuracy = meta.get(repo.Meta.TEST_ACCURACY)
+    return ModelVersion(
+        name=entry.name,
+        version=entry.version,
+        onnx_path=path,
+        session=session,
+        config=config,
+        provider=provider,
+        input_name=session.get_inputs()[0].name,
+        output_name=outputs[0].name,
+        input_shape=shape,
+        labels=list(labels),
+        mean=_per_channel(meta.get(repo.Meta.MEAN), shape[0], 0.0, "mean", path),
+        std=_per_channel(meta.get(repo.Meta.STD), shape[0], 1.0, "std", path),
+        pixel_scale=float(meta.get(repo.Meta.PIXEL_SCALE, DEFAULT_PIXEL_SCALE)),
+        architecture=str(meta.get(repo.Meta.MODEL, "")),
+        dataset=str(meta.get(repo.Meta.DATASET, "")),
+        params=int(meta.get(repo.Meta.PARAMS, 0)),
+        onnx_bytes=path.stat().st_size,
+        opset=opset_version(path),
+        quantization=str(meta.get(repo.Meta.QUANTIZATION, "none")),
+        test_accuracy=float(accuracy) if accuracy is not None else math.nan,
+        max_batch_size=max(batch, 0),
+        max_queue_delay_us=max(delay, 0),
+        verification=_read_verification(entry.verification_path),
+    )

@@ -1,0 +1,48 @@
+"""Server settings: what `edgecnn serve` accepts, as one immutable value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Device = Literal["auto", "cpu", "cuda"]
+
+DEFAULT_PORT = 8001  # Triton's gRPC port
+DEFAULT_METRICS_PORT = 8002  # Triton's metrics port
+DEFAULT_MAX_QUEUE = 256
+
+
+@dataclass(frozen=True)
+class Settings:
+    repository: Path
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    # None: no metrics endpoint (in-process tests may not need one); 0: any free port.
+    metrics_port: int | None = DEFAULT_METRICS_PORT
+    device: Device = "auto"
+    # ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime decide.
+    threads: int = 0
+    # None: take max_batch_size / max_queue_delay_microseconds from each config.pbtxt.
+    max_batch_size: int | None = None
+    max_queue_delay_us: int | None = None
+    # Requests waiting per model version before RESOURCE_EXHAUSTED.
+    max_queue: int = DEFAULT_MAX_QUEUE
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    auth_token: str | None = None
+    # Seconds in-flight requests get to finish on SIGTERM/SIGINT.
+    grace_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")

@@ -1,0 +1,27 @@
+"""What the servicers share: the loaded models with their batchers, metrics, and the
+ready/draining flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .batching import Batcher
+from .metrics import Metrics
+from .registry import ModelRegistry
+from .runtime import ModelVersion
+
+
+@dataclass
+class ServerState:
+    metrics: Metrics
+    registry: ModelRegistry = field(default_factory=lambda: ModelRegistry([]))
+    batchers: dict[tuple[str, int], Batcher] = field(default_factory=dict)
+    ready: bool = False
+    draining: bool = False
+
+    def batcher(self, mv: ModelVersion) -> Batcher:
+        return self.batchers[(mv.name, mv.version)]
+
+    @property
+    def serving(self) -> bool:
+        return self.ready and not self.draining

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.datafiles import write_cifar_dataset, write_idx_dataset
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist_dir(tmp_path_factory) -> Path:
+    """A small dataset in MNIST's idx.gz format (usable as mnist or fashion-mnist)."""
+    return write_idx_dataset(tmp_path_factory.mktemp("tiny-idx"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar_dir(tmp_path_factory) -> Path:
+    return write_cifar_dataset(tmp_path_factory.mktemp("tiny-cifar"))
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    """The real Fashion-MNIST (Debian's dataset-fashion-mnist; `make test` installs it)."""
+    if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    return FASHION_MNIST_DIR
+
+
+def has_cuda_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None and Path("/dev/nvidia0").exists()

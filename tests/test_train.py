@@ -1,0 +1,82 @@
+import json
+
+import pytest
+import torch
+
+from edgecnn.cli import main
+from edgecnn.training.checkpoint import load_checkpoint
+from edgecnn.training.models import count_parameters
+
+
+def _train(tmp_path, data_dir, name, *extra):
+    out = tmp_path / name
+    argv = ["train", "lenet5", "--dataset", "fashion-mnist", "--data-dir", str(data_dir), "--epochs", "2",
+            "--limit", "256", "--batch-size", "32", "--seed", "7", "--out", str(out), "--no-progress", *extra]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_mnist_dir):
+    return _train(tmp_path_factory.mktemp("train"), tiny_mnist_dir, "run")
+
+
+def test_writes_every_file(run_dir):
+    assert {p.name for p in run_dir.iterdir()} >= {"model.pt", "metrics.json", "curves.png"}
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metrics_fields_and_loss_goes_down(run_dir):
+    m = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("model", "dataset", "params", "epochs", "train_loss", "test_accuracies", "test_accuracy",
+                "train_seconds", "seed", "device", "torch_version"):
+        assert key in m
+    assert m["params"] == 44_426 and m["epochs"] == 2 and m["train_images"] == 256
+    assert m["train_loss"][-1] < m["train_loss"][0]
+    assert m["test_accuracy"] > 0.2  # the synthetic classes are learnable: chance is 0.1
+
+
+def test_checkpoint_round_trip_with_weights_only(run_dir, tiny_mnist_dir):
+    payload = torch.load(run_dir / "model.pt", weights_only=True)
+    assert payload["model"] == "lenet5" and payload["classes"][0] == "T-shirt/top"
+    model, meta = load_checkpoint(run_dir)
+    assert count_parameters(model) == 44_426 and not model.training
+    assert meta["input_shape"] == [1, 28, 28] and meta["mean"] == [0.2860]
+    x = torch.randn(4, 1, 28, 28)
+    again, _ = load_checkpoint(run_dir / "model.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), again(x), rtol=0, atol=0)
+
+
+def test_same_seed_same_result_on_cpu(tmp_path, tiny_mnist_dir, run_dir):
+    again = _train(tmp_path, tiny_mnist_dir, "again")
+    first = json.loads((run_dir / "metrics.json").read_text())
+    second = json.loads((again / "metrics.json").read_text())
+    assert first["train_loss"] == second["train_loss"]
+    assert first["test_accuracies"] == second["test_accuracies"]
+
+
+def test_cifar_training_with_augmentation(tmp_path, tiny_cifar_dir):
+    out = tmp_path / "cifar"
+    assert main(["train", "cifar-cnn", "--data-dir", str(tiny_cifar_dir), "--epochs", "1", "--limit", "64",
+                 "--optimizer", "sgd", "--lr", "0.01", "--out", str(out), "--no-progress"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["dataset"] == "cifar10" and m["config"]["augment"] == "auto" and m["params"] == 545_098
+
+
+def test_missing_data_is_a_clear_cli_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("EDGECNN_DATA", raising=False)
+    code = main(["train", "lenet5", "--dataset", "mnist", "--data-dir", str(tmp_path / "nothing"),
+                 "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and str(tmp_path / "nothing") in err
+    assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_wrong_input_size_is_rejected(tmp_path, tiny_cifar_dir, capsys):
+    code = main(["train", "lenet5", "--dataset", "cifar10", "--data-dir", str(tiny_cifar_dir),
+                 "--out", str(tmp_path / "o"), "--no-progress"])
+    assert code == 2
+    assert "28x28" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""Training stage: the lecture's models, the datasets and the training loop (needs torch)."""

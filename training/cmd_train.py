@@ -1,0 +1,68 @@
+"""`edgecnn train MODEL --dataset DS ...`"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from edgecnn.training.datasets import DATASETS, DatasetNotFoundError
+from edgecnn.training.models import MODELS
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", choices=list(MODELS), help="architecture to train")
+    parser.add_argument("--dataset", choices=list(DATASETS), help="default: the model's own dataset")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
+    parser.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="adamw")
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--limit", type=int, help="use only the first N training images (smoke runs)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--data-dir", help="where the dataset files are (searched first)")
+    parser.add_argument("--download", action="store_true", help="download the dataset through torchvision if missing")
+    parser.add_argument("--augment", choices=["auto", "none", "crop-flip"], default="auto",
+                        help="auto: random crop + flip for cifar10 only")
+    parser.add_argument("--width-mult", type=float, help="MobileNetV2 width multiplier")
+    parser.add_argument("--out", help="run directory (default runs/<model>-<dataset>)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgecnn.training.train import TrainConfig, train
+
+    if args.epochs < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        print("edgecnn train: --epochs, --batch-size and --limit must be positive", file=sys.stderr)
+        return 2
+    cfg = TrainConfig(
+        model=args.model,
+        dataset=args.dataset or MODELS[args.model].default_dataset,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        limit=args.limit,
+        seed=args.seed,
+        device=args.device,
+        data_dir=args.data_dir,
+        download=args.download,
+        augment=args.augment,
+        width_mult=args.width_mult,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    try:
+        metrics = train(cfg)
+    except DatasetNotFoundError as exc:
+        print(f"edgecnn train: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as exc:
+        print(f"edgecnn train: {exc}", file=sys.stderr)
+        return 2
+    summary = {k: metrics[k] for k in ("model", "dataset", "params", "epochs", "test_accuracy", "train_seconds", "device")}
+    print(json.dumps(summary))
+    print(f"wrote {cfg.out_dir()}/model.pt, metrics.json, curves.png")
+    return 0
