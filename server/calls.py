@@ -50,6 +50,7 @@ def rpc(api: str) -> Callable[[Handler], Callable[[Any, Request, grpc.aio.Servic
             metrics = state.metrics
             start = perf_counter()
             metrics.inflight.inc()
+            state.inflight += 1
             call = Call()
             code = "OK"
             try:
@@ -64,13 +65,12 @@ def rpc(api: str) -> Callable[[Handler], Callable[[Any, Request, grpc.aio.Servic
                 code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
                 raise
             except Exception as exc:
-                if isinstance(exc, grpc.aio.AbortError):
-                    raise
                 code = "INTERNAL"
                 log.exception("%s failed", api)
                 await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {api}: {type(exc).__name__}: {exc}")
             finally:
                 metrics.inflight.dec()
+                state.inflight -= 1
                 metrics.observe_request(call.model, call.version, api, code, perf_counter() - start)
 
         return handler

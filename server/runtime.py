@@ -87,22 +87,26 @@ def _session_options(threads: int) -> ort.SessionOptions:
     return options
 
 
+def _summarize(report: dict[str, Any]) -> str:
+    parts = [
+        f"{c.get('inputs')} x{c.get('count')}: max abs error {c.get('max_abs_error', float('nan')):.3g}, "
+        f"top-1 agreement {100 * c.get('top1_agreement', float('nan')):.2f}%"
+        for c in report.get("comparisons", [])
+        if isinstance(c, dict)
+    ]
+    parts += [f"breach: {b}" for b in report.get("breaches", [])]
+    return ("passed" if report.get("passed") else "FAILED") + (f" ({'; '.join(parts)})" if parts else "")
+
+
 def _read_verification(path: Path) -> Verification:
     if not path.is_file():
         return Verification(False, False, "not verified (no verification.json)", "")
     text = path.read_text()
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
+        report = json.loads(text)
+        return Verification(True, bool(report.get("passed")), _summarize(report), text)
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
         return Verification(True, False, f"unreadable verification.json: {exc}", text)
-    passed = bool(data.get("passed", False)) if isinstance(data, dict) else False
-    summary = data.get("summary") if isinstance(data, dict) else None
-    if not isinstance(summary, str):
-        facts = ", ".join(
-            f"{k} {data[k]}" for k in ("max_abs_diff", "top1_agreement", "samples") if isinstance(data, dict) and k in data
-        )
-        summary = ("passed" if passed else "failed") + (f": {facts}" if facts else "")
-    return Verification(True, passed, summary, text)
 
 
 def _input_shape(meta: dict[str, Any], config: model_config_pb2.ModelConfig, session: ort.InferenceSession) -> tuple[int, int, int]:

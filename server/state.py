@@ -18,6 +18,7 @@ class ServerState:
     batchers: dict[tuple[str, int], Batcher] = field(default_factory=dict)
     ready: bool = False
     draining: bool = False
+    inflight: int = 0  # RPCs inside a handler now (event-loop thread only)
 
     def batcher(self, mv: ModelVersion) -> Batcher:
         return self.batchers[(mv.name, mv.version)]

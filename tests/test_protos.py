@@ -25,7 +25,7 @@ def test_generated_stubs_are_fresh() -> None:
 
 def _field_signature(message: Descriptor) -> dict[str, tuple]:
     return {
-        f.name: (f.number, f.type, f.label if hasattr(f, "label") else None, f.message_type.full_name if f.message_type else None)
+        f.name: (f.number, f.type, f.is_repeated, f.message_type.full_name if f.message_type else None)
         for f in message.fields
     }
 

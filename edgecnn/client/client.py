@@ -1,0 +1,106 @@
+"""A synchronous client for one model on an edgecnn server, over both of its APIs:
+the Open Inference Protocol (KServe V2 ModelInfer, raw tensors in and logits out) and
+edgecnn.v1.Classifier (images in, labels and softmax scores out)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import numpy as np
+
+from edgecnn.protos import classifier_pb2, classifier_pb2_grpc, inference_pb2, inference_pb2_grpc
+
+from .health import DEFAULT_TIMEOUT_S, auth_metadata, check_health, open_channel
+from .messages import ImageInput, Prediction, classify_request, infer_request, read_logits, read_predictions
+
+T = TypeVar("T")
+
+
+class ClientError(RuntimeError):
+    """A call failed; ``code`` is the gRPC status (None when no call was made)."""
+
+    def __init__(self, code: grpc.StatusCode | None, message: str) -> None:
+        super().__init__(f"{code.name}: {message}" if code is not None else message)
+        self.code = code
+        self.details = message
+
+
+class EdgeClient:
+    def __init__(
+        self,
+        server: str = "127.0.0.1:8001",
+        model: str = "",
+        version: int | None = None,
+        tls_ca: Path | str | None = None,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout {timeout}: expected a positive number of seconds")
+        if version is not None and version < 1:
+            raise ValueError(f"version {version}: expected a positive model version")
+        self.server = server
+        self.model = model
+        self.version = version
+        self.timeout = timeout
+        self._tls_ca = tls_ca
+        self._token = token
+        self._metadata = auth_metadata(token)
+        self._channel = open_channel(server, tls_ca)
+        self._kserve = inference_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self._classifier = classifier_pb2_grpc.ClassifierStub(self._channel)
+
+    def __enter__(self) -> EdgeClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: Callable[..., T], request: object) -> T:
+        try:
+            return method(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise ClientError(exc.code(), exc.details() or "no details") from None
+
+    def _need_model(self) -> str:
+        if not self.model:
+            raise ValueError("no model chosen; pass model= to EdgeClient")
+        return self.model
+
+    def infer(self, array: np.ndarray) -> np.ndarray:
+        """Raw logits (N, classes) for a preprocessed float32 [C, H, W] or [N, C, H, W] array."""
+        request = infer_request(self._need_model(), self.version, array)
+        return read_logits(self._call(self._kserve.ModelInfer, request))
+
+    def classify(self, images: Sequence[ImageInput], top_k: int = 1) -> list[list[Prediction]]:
+        """Top-k predictions per image (best first), in one Classify call."""
+        request = classify_request(self._need_model(), self.version, images, top_k)
+        return read_predictions(self._call(self._classifier.Classify, request))
+
+    def model_info(self) -> classifier_pb2.ModelInfoResponse:
+        request = classifier_pb2.ModelInfoRequest(model=self._need_model())
+        if self.version is not None:
+            request.version = self.version
+        return self._call(self._classifier.ModelInfo, request)
+
+    def model_metadata(self) -> inference_pb2.ModelMetadataResponse:
+        version = "" if self.version is None else str(self.version)
+        request = inference_pb2.ModelMetadataRequest(name=self._need_model(), version=version)
+        return self._call(self._kserve.ModelMetadata, request)
+
+    def health(self, service: str | None = None) -> str:
+        """SERVING, NOT_SERVING, UNKNOWN or SERVICE_UNKNOWN for `service`: by default this
+        client's model ("" = the whole server when no model was chosen)."""
+        return check_health(
+            self.server,
+            self.model if service is None else service,
+            timeout=self.timeout,
+            tls_ca=self._tls_ca,
+            auth_token=self._token,
+        )

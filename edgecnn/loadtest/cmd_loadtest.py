@@ -1,0 +1,121 @@
+"""`edgecnn loadtest`: a concurrency sweep (closed loop) or a fixed arrival rate (open loop)
+against one model; prints a table and writes JSON / CSV / a latency plot.
+
+Exit codes: 0 every request succeeded, 1 some failed (counted by gRPC status code),
+2 the test could not start (bad arguments, model metadata unavailable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from edgecnn.client.client import ClientError
+from edgecnn.client.health import parse_server, read_token
+
+from .plot import PlotUnavailable, plot_latency
+from .report import build_report, format_table, saturation_warnings, write_csv, write_json
+from .runner import Plan, run_plan
+from .workload import APIS, Target, make_payloads, model_input
+
+PROG = "edgecnn loadtest"
+
+
+def _positive_ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 1,4,16,64") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers")
+    return values
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    values = _positive_ints(text)
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected C,H,W, e.g. 1,28,28")
+    return values  # type: ignore[return-value]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default="127.0.0.1:8001", help="HOST:PORT of the gRPC endpoint")
+    parser.add_argument("--model", required=True, help="model name")
+    parser.add_argument("--version", type=int, default=None, help="model version (default: the latest)")
+    parser.add_argument("--api", choices=APIS, default="infer", help="KServe V2 ModelInfer tensors, or Classifier with PNG images")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per request")
+    parser.add_argument("--concurrency", type=_positive_ints, default=(1, 4, 16, 64), help="closed-loop sweep: workers per step")
+    parser.add_argument("--rate", type=float, default=None, help="open loop instead: Poisson arrivals per second")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--duration", type=float, default=None, help="seconds measured per step (default 5)")
+    length.add_argument("--requests", type=int, default=None, help="measured requests per step instead of a duration")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each step")
+    parser.add_argument("--processes", type=int, default=1, help="client processes sharing the load")
+    parser.add_argument("--timeout", type=float, default=10.0, help="deadline per request in seconds")
+    parser.add_argument("--input-shape", type=_shape, default=None, help="C,H,W: skip asking the server's ModelMetadata")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and arrival times")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--csv", type=Path, default=None, help="write one CSV row per step here")
+    parser.add_argument("--plot", type=Path, default=None, help="write a PNG of latency percentiles vs throughput")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--tls-ca", default=None, help="PEM file of the CA to trust (enables TLS)")
+    parser.add_argument("--auth-token-file", default=None, help="file holding a bearer token")
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        parse_server(args.server)
+        if args.tls_ca is not None and not Path(args.tls_ca).is_file():
+            raise ValueError(f"TLS CA file {args.tls_ca}: no such file")
+        if args.timeout <= 0:
+            raise ValueError(f"--timeout {args.timeout}: expected a positive number of seconds")
+        token = read_token(args.auth_token_file) if args.auth_token_file else None
+        target = Target(args.server, args.model, args.version, args.api, args.tls_ca, token, args.timeout)
+        duration = 5.0 if args.duration is None and args.requests is None else args.duration
+        if args.input_shape is not None:
+            input_name, shape = "input", args.input_shape
+        else:
+            input_name, shape = model_input(target)
+        payloads = make_payloads(target, input_name, shape, args.batch_size, seed=args.seed)
+        plan = Plan(
+            target, payloads, args.batch_size, args.concurrency, args.rate, duration, args.requests,
+            args.warmup, args.processes, args.seed,
+        )  # fmt: skip
+    except ClientError as exc:
+        return _fail(f"cannot read the metadata of model {args.model!r} at {args.server}: {exc} "
+                     "(pass --input-shape C,H,W to send requests anyway)")  # fmt: skip
+    except ValueError as exc:
+        return _fail(str(exc))
+
+    config = {
+        "server": args.server, "model": args.model, "version": args.version, "api": args.api,
+        "batch_size": args.batch_size, "mode": plan.mode, "concurrency": list(args.concurrency) if plan.mode == "closed" else None,
+        "rate": args.rate, "duration_s": duration, "requests": args.requests, "warmup_s": args.warmup,
+        "processes": args.processes, "timeout_s": args.timeout, "input_shape": [args.batch_size, *shape],
+        "input": "random float32 tensors" if args.api == "infer" else "PNG-encoded random images",
+        "tls": args.tls_ca is not None, "auth": token is not None, "seed": args.seed,
+    }  # fmt: skip
+    steps = run_plan(plan, progress=None if args.quiet else sys.stderr)
+    report = build_report(config, steps)
+    print(format_table(report))
+    for warning in saturation_warnings(report):
+        print(warning, file=sys.stderr)
+    if args.out:
+        write_json(report, args.out)
+    if args.csv:
+        write_csv(report, args.csv)
+    if args.plot:
+        try:
+            plot_latency(report, args.plot)
+        except PlotUnavailable as exc:
+            print(f"{PROG}: no plot written: {exc}", file=sys.stderr)
+    failed = sum(sum(step["errors"].values()) for step in report["steps"])
+    if failed:
+        print(f"{PROG}: {failed} requests failed", file=sys.stderr)
+    return 1 if failed else 0

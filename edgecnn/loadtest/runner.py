@@ -1,0 +1,142 @@
+"""A load test: steps (one per concurrency, or one open-loop rate), each split over the client
+processes, with a progress line per second on stderr."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+from .stats import StepResult, WorkerResult, step_label
+from .worker import Slots, WorkerPool, WorkerSpec, run_worker
+from .workload import Target
+
+START_SLACK_S = 0.3  # time for every process to receive its share before the common start
+
+
+@dataclass(frozen=True)
+class Plan:
+    target: Target
+    payloads: list[bytes]
+    batch_size: int
+    concurrency: tuple[int, ...] = (1, 4, 16, 64)
+    rate: float | None = None  # set: one open-loop step at this many requests per second
+    duration_s: float | None = 5.0
+    requests: int | None = None  # set: each step ends after this many measured requests
+    warmup_s: float = 1.0
+    processes: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.duration_s is None) == (self.requests is None):
+            raise ValueError("give exactly one of a duration or a request count per step")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ValueError(f"duration {self.duration_s}: expected a positive number of seconds")
+        if self.requests is not None and self.requests < 1:
+            raise ValueError(f"requests {self.requests}: expected >= 1")
+        if self.warmup_s < 0:
+            raise ValueError(f"warmup {self.warmup_s}: expected >= 0 seconds")
+        if self.processes < 1:
+            raise ValueError(f"processes {self.processes}: expected >= 1")
+        if self.rate is not None and self.rate <= 0:
+            raise ValueError(f"rate {self.rate}: expected a positive number of requests per second")
+        if self.rate is None and (not self.concurrency or min(self.concurrency) < 1):
+            raise ValueError(f"concurrency {list(self.concurrency)}: expected positive worker counts")
+
+    @property
+    def mode(self) -> str:
+        return "closed" if self.rate is None else "open"
+
+    def steps(self) -> list[tuple[int | None, float | None]]:
+        return [(None, self.rate)] if self.rate is not None else [(c, None) for c in self.concurrency]
+
+
+def split(total: int, parts: int) -> list[int]:
+    """`total` spread over `parts` as evenly as possible, zeros dropped."""
+    shares = [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+    return [s for s in shares if s > 0]
+
+
+def shares(plan: Plan, concurrency: int | None, start_at: float) -> list[WorkerSpec]:
+    if plan.mode == "closed":
+        assert concurrency is not None
+        workers = split(concurrency, plan.processes)
+        n = len(workers)
+        rates = [0.0] * n
+    else:
+        assert plan.rate is not None
+        n = plan.processes
+        workers = [0] * n
+        rates = [plan.rate / n] * n
+    requests = split(plan.requests, n) if plan.requests is not None else [None] * n
+    n = min(n, len(requests))  # fewer measured requests than processes: fewer processes
+    return [
+        WorkerSpec(
+            target=plan.target, payloads=plan.payloads, mode=plan.mode, concurrency=workers[i], rate=rates[i],
+            warmup_s=plan.warmup_s, duration_s=plan.duration_s, requests=requests[i], start_at=start_at,
+            seed=plan.seed + i,
+        )  # fmt: skip
+        for i in range(n)
+    ]
+
+
+class Progress:
+    """Prints one line per second while a step runs."""
+
+    def __init__(self, slots: Slots, label: str, warmup_s: float, out: TextIO | None) -> None:
+        self._slots, self._label, self._warmup_s, self._out = slots, label, warmup_s, out
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Progress:
+        if self._out is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _loop(self) -> None:
+        start = time.monotonic()
+        before = 0
+        while not self._stop.wait(1.0):
+            done, failed = self._slots.totals()
+            t = time.monotonic() - start
+            phase = " (warm-up)" if t <= self._warmup_s + START_SLACK_S else ""
+            print(f"  {self._label}: {t:5.1f}s  {done} done, {done - before} in the last second, {failed} failed{phase}", file=self._out, flush=True)
+            before = done
+
+
+def run_plan(plan: Plan, progress: TextIO | None = sys.stderr, on_step: Callable[[StepResult], None] | None = None) -> list[StepResult]:
+    pool = WorkerPool(plan.processes) if plan.processes > 1 else None
+    slots = pool.slots if pool else Slots(1)
+    results = []
+    try:
+        for concurrency, rate in plan.steps():
+            specs = shares(plan, concurrency, time.time() + (START_SLACK_S if pool else 0.0))
+            with Progress(slots, step_label(concurrency, rate), plan.warmup_s, progress):
+                workers = _run_step(specs, slots, pool)
+            step = StepResult(plan.mode, concurrency, rate, plan.batch_size, workers)
+            results.append(step)
+            if on_step:
+                on_step(step)
+    finally:
+        if pool:
+            pool.close()
+    return results
+
+
+def _run_step(specs: list[WorkerSpec], slots: Slots, pool: WorkerPool | None) -> list[WorkerResult]:
+    if pool is None:
+        slots.reset()
+        return [run_worker(specs[0], slots, 0)]
+    pool.start(specs)
+    while (results := pool.poll(0.5)) is None:
+        pass
+    return results
+

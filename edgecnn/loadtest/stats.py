@@ -1,0 +1,129 @@
+"""Latency histograms (HDR, microseconds) and the per-step numbers merged across processes."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+LOWEST_US = 1
+HIGHEST_US = 120_000_000  # two minutes: anything slower is clamped
+SIGNIFICANT_DIGITS = 3
+PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+# A client process above this share of one core may be measuring itself, not the server.
+SATURATION_CPU = 0.9
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+
+
+def record_seconds(histogram: HdrHistogram, seconds: float) -> None:
+    histogram.record_value(min(max(int(seconds * 1e6), LOWEST_US), HIGHEST_US))
+
+
+def step_label(concurrency: int | None, rate: float | None) -> str:
+    return f"c={concurrency}" if rate is None else f"rate={rate:g}/s"
+
+
+def percentile_key(p: float) -> str:
+    return f"p{p:g}"
+
+
+@dataclass
+class WorkerResult:
+    """What one client process measured in one step (picklable; the histogram travels encoded)."""
+
+    histogram: bytes
+    ok: int
+    errors: dict[str, int]
+    elapsed_s: float  # from the start of measurement to the last measured completion
+    cpu_s: float
+    wall_s: float
+    scheduled: int = 0  # open loop: arrivals scheduled in the measured window
+
+    @property
+    def cpu_share(self) -> float:
+        return self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+@dataclass
+class StepResult:
+    mode: str  # "closed" or "open"
+    concurrency: int | None
+    rate: float | None
+    batch_size: int
+    workers: list[WorkerResult] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.histogram = new_histogram()
+        for worker in self.workers:
+            self.histogram.decode_and_add(worker.histogram)
+
+    @property
+    def label(self) -> str:
+        return step_label(self.concurrency, self.rate)
+
+    @property
+    def ok(self) -> int:
+        return sum(w.ok for w in self.workers)
+
+    @property
+    def errors(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for w in self.workers:
+            total.update(w.errors)
+        return dict(sorted(total.items()))
+
+    @property
+    def requests(self) -> int:
+        return self.ok + sum(self.errors.values())
+
+    @property
+    def elapsed_s(self) -> float:
+        return max((w.elapsed_s for w in self.workers), default=0.0)
+
+    @property
+    def req_per_s(self) -> float:
+        return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def client_cpu(self) -> list[float]:
+        return [round(w.cpu_share, 3) for w in self.workers]
+
+    @property
+    def client_saturated(self) -> bool:
+        return any(share >= SATURATION_CPU for share in self.client_cpu)
+
+    def latency_ms(self) -> dict[str, float | None]:
+        h = self.histogram
+        keys = [percentile_key(p) for p in PERCENTILES] + ["max", "mean", "min"]
+        if h.get_total_count() == 0:
+            return dict.fromkeys(keys)
+        values = {percentile_key(p): h.get_value_at_percentile(p) for p in PERCENTILES}
+        values.update(max=h.get_max_value(), mean=h.get_mean_value(), min=h.get_min_value())
+        return {k: round(v / 1000.0, 4) for k, v in values.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "mode": self.mode,
+            "concurrency": self.concurrency,
+            "rate": self.rate,
+            "requests": self.requests,
+            "ok": self.ok,
+            "errors": self.errors,
+            "duration_s": round(self.elapsed_s, 4),
+            "req_per_s": round(self.req_per_s, 2),
+            "images_per_s": round(self.req_per_s * self.batch_size, 2),
+            "latency_ms": self.latency_ms(),
+            "client_cpu": self.client_cpu,
+            "client_saturated": self.client_saturated,
+            "histogram": self.histogram.encode().decode("ascii"),
+        }
+        if self.mode == "open":
+            scheduled = sum(w.scheduled for w in self.workers)
+            result["scheduled"] = scheduled
+            result["scheduled_per_s"] = round(scheduled / self.elapsed_s, 2) if self.elapsed_s > 0 else 0.0
+        return result

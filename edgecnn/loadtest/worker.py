@@ -1,0 +1,175 @@
+"""One client process's share of a step, and the pool of spawned processes that run the
+shares side by side (--processes P) so a single Python process does not cap the load."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from time import perf_counter
+from typing import Any
+
+from .calls import Recorder
+from .closed import closed_loop
+from .openloop import open_loop
+from .stats import WorkerResult
+from .workload import Target
+
+CONNECT_TIMEOUT_S = 10.0
+READY = "ready"
+SPAWN_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    target: Target
+    payloads: list[bytes]
+    mode: str  # "closed" | "open"
+    concurrency: int  # this process's workers (closed loop)
+    rate: float  # this process's arrivals per second (open loop)
+    warmup_s: float
+    duration_s: float | None
+    requests: int | None  # this process's measured requests
+    start_at: float  # wall-clock (time.time()) moment all processes begin together
+    seed: int
+
+
+class Slots:
+    """Progress counters, two per process (completed, failed); shared memory across processes."""
+
+    def __init__(self, processes: int, context: Any = None) -> None:
+        self.values = (context or mp).Array("q", 2 * processes, lock=False)
+
+    def setter(self, index: int):
+        values = self.values
+
+        def set_progress(completed: int, failed: int) -> None:
+            values[2 * index] = completed
+            values[2 * index + 1] = failed
+
+        return set_progress
+
+    def reset(self) -> None:
+        for i in range(len(self.values)):
+            self.values[i] = 0
+
+    def totals(self) -> tuple[int, int]:
+        return sum(self.values[0::2]), sum(self.values[1::2])
+
+
+async def _run(spec: WorkerSpec, slots: Slots, index: int) -> WorkerResult:
+    target = spec.target
+    async with target.aio_channel() as channel:
+        try:
+            await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            pass  # every request will fail and be counted with its status code
+        call = channel.unary_unary(target.method)  # bytes in, bytes out: no protobuf work here
+        await asyncio.sleep(max(0.0, spec.start_at - time.time()))
+        cpu0, wall0 = time.process_time(), perf_counter()
+        start = perf_counter()
+        recorder = Recorder(start + spec.warmup_s, slots.setter(index))
+        measure_end = recorder.measure_start + spec.duration_s if spec.duration_s is not None else None
+        scheduled = 0
+        if spec.mode == "closed":
+            await closed_loop(
+                call, spec.payloads, spec.concurrency, recorder, measure_end, spec.requests, target.timeout_s, target.metadata
+            )
+        else:
+            scheduled = await open_loop(
+                call, spec.payloads, spec.rate, start, recorder, measure_end, spec.requests,
+                target.timeout_s, target.metadata, spec.seed,
+            )  # fmt: skip
+        cpu_s, wall_s = time.process_time() - cpu0, perf_counter() - wall0
+    return WorkerResult(
+        histogram=recorder.histogram.encode(),
+        ok=recorder.ok,
+        errors=dict(recorder.errors),
+        elapsed_s=recorder.elapsed_s,
+        cpu_s=cpu_s,
+        wall_s=wall_s,
+        scheduled=scheduled,
+    )
+
+
+def run_worker(spec: WorkerSpec, slots: Slots, index: int) -> WorkerResult:
+    return asyncio.run(_run(spec, slots, index))
+
+
+def _serve(conn: Connection, slots: Slots, index: int) -> None:
+    """A pool process: run each spec that arrives, answer with its result (None stops it)."""
+    conn.send(READY)
+    while (spec := conn.recv()) is not None:
+        try:
+            conn.send(run_worker(spec, slots, index))
+        except Exception:  # noqa: BLE001 - the parent reports it
+            conn.send(traceback.format_exc())
+
+
+class WorkerPool:
+    """P spawned processes, started once and reused for every step."""
+
+    def __init__(self, processes: int) -> None:
+        context = mp.get_context("spawn")  # fork would copy gRPC's threads and state
+        self.slots = Slots(processes, context)
+        self._conns: list[Connection] = []
+        self._procs = []
+        for index in range(processes):
+            parent, child = context.Pipe()
+            proc = context.Process(target=_serve, args=(child, self.slots, index), daemon=True, name=f"loadtest-{index}")
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+        for index, conn in enumerate(self._conns):  # imported and listening: steps start on time
+            try:
+                started = conn.poll(SPAWN_TIMEOUT_S) and conn.recv() == READY
+            except EOFError:
+                started = False
+            if not started:
+                self.close()
+                raise RuntimeError(f"load test process {index} did not start within {SPAWN_TIMEOUT_S:g} s")
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def start(self, specs: list[WorkerSpec]) -> None:
+        if len(specs) > len(self._conns):
+            raise ValueError(f"{len(specs)} shares for {len(self._conns)} processes")
+        self.slots.reset()
+        self._pending = list(range(len(specs)))
+        self._results: dict[int, WorkerResult] = {}
+        for index, spec in enumerate(specs):
+            self._conns[index].send(spec)
+
+    def poll(self, timeout_s: float) -> list[WorkerResult] | None:
+        """The step's results once every process answered; None while some still run."""
+        ready = wait([self._conns[i] for i in self._pending], timeout_s)
+        for conn in ready:
+            index = self._conns.index(conn)
+            try:
+                answer = conn.recv()
+            except EOFError:
+                raise RuntimeError(f"load test process {index} died (exit code {self._procs[index].exitcode})") from None
+            if isinstance(answer, str):
+                raise RuntimeError(f"load test process {index} failed:\n{answer}")
+            self._results[index] = answer
+            self._pending.remove(index)
+        return None if self._pending else [self._results[i] for i in sorted(self._results)]
+
+    def close(self) -> None:
+        for conn, proc in zip(self._conns, self._procs):
+            try:
+                conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+            conn.close()

@@ -1,0 +1,50 @@
+"""`edgecnn export RUN_DIR --repository DIR`: write a verified ONNX version into a model repository."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from edgecnn.export.checks import CheckError
+from edgecnn.export.cli_args import add_verification_args, test_images_from, thresholds_from
+from edgecnn.export.onnx_export import DEFAULT_CALIBRATION_IMAGES, DEFAULT_OPSET, ExportError, export_run
+from edgecnn.export.quantize import QUANTIZATIONS
+from edgecnn.export.verify import format_report
+from edgecnn.repository import RepositoryError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="training run folder (holding model.pt) or the model.pt itself")
+    parser.add_argument("--repository", required=True, metavar="DIR", help="model repository to write into")
+    parser.add_argument("--name", help="model name in the repository (default: the architecture's name)")
+    parser.add_argument("--version", type=int, help="version number (default: the next free one)")
+    parser.add_argument("--opset", type=int, default=None, help=f"ONNX opset, >= 17 (default {DEFAULT_OPSET})")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none", help="edge variant (default none = FP32)")
+    parser.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
+                        help=f"INT8: training images to calibrate on (default {DEFAULT_CALIBRATION_IMAGES})")
+    parser.add_argument("--max-batch-size", type=int, default=64, help="max_batch_size in config.pbtxt (default 64)")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip the comparison with PyTorch (the structural ONNX checks still run)")
+    add_verification_args(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = export_run(
+            args.run_dir, args.repository, name=args.name, version=args.version, opset=args.opset,
+            quantize=args.quantize, verify=args.verify, data_dir=args.data_dir, samples=args.samples,
+            test_images=test_images_from(args), thresholds=thresholds_from(args),
+            calibration_images=args.calibration_images, max_batch_size=args.max_batch_size,
+        )
+    except (ExportError, CheckError, RepositoryError, FileNotFoundError, ValueError) as exc:
+        print(f"edgecnn export: {exc}", file=sys.stderr)
+        return 1
+    print(f"exported {result.onnx_path} ({result.onnx_path.stat().st_size:,} bytes)")
+    if result.verification_path.is_file():
+        print(format_report(json.loads(result.verification_path.read_text())))
+    else:
+        print("verification skipped (--no-verify); structural ONNX checks passed")
+    return 0

@@ -1,0 +1,484 @@
+"""`make bench`: where the time goes, side by side, on this machine.
+
+For LeNet-5, the CIFAR CNN and MobileNetV2 it measures
+  (a) ONNX Runtime in-process (the compute limit),
+  (b) scripts/bench_floor_server.py, a bare grpc.aio Open Inference Protocol server (the floor
+      of a Python gRPC service: decode, run, encode; nothing else),
+  (c) `edgecnn serve` with dynamic batching off, and (d) on,
+with the same client (`edgecnn loadtest`, KServe V2 ModelInfer, batch 1) over the same
+concurrency sweep, and writes docs/benchmarks.md and docs/benchmarks.png. Timing goals are
+reported as met / not met, never asserted.
+
+    python scripts/bench.py            # ~6 minutes on 2 cores
+    python scripts/bench.py --quick    # ~2 minutes: 1 s steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without an install too
+
+from edgecnn.loadtest.stats import new_histogram, record_seconds  # noqa: E402
+
+MODELS = ("lenet5", "cifar-cnn", "mobilenet-v2")
+SERVERS = {
+    "floor": "bare grpc.aio floor server",
+    "batching-off": "edgecnn serve, batching off",
+    "batching-on": "edgecnn serve, batching on",
+}
+TRAINED_LENET5 = ROOT / "runs" / "lenet5-fashion-mnist"
+READY_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    name: str
+    onnx: Path
+    params: int
+    input_shape: tuple[int, int, int]
+    weights: str  # where the weights come from, for the report
+
+
+# --- models --------------------------------------------------------------------------------------
+
+
+def _fixed_seed_run(name: str, run_dir: Path) -> Path:
+    """A checkpoint of untrained, fixed-seed weights with CIFAR-10's labels and normalization."""
+    import torch
+
+    from edgecnn.training.checkpoint import save_checkpoint
+    from edgecnn.training.datasets import DATASETS
+    from edgecnn.training.models import build_model, count_parameters
+
+    info = DATASETS["cifar10"]
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=3, num_classes=10).eval()
+    meta = {
+        "model": name, "model_kwargs": {"in_channels": 3, "num_classes": 10}, "input_shape": list(info.shape),
+        "dataset": "cifar10", "classes": list(info.classes), "mean": list(info.mean), "std": list(info.std),
+        "params": count_parameters(model), "test_accuracy": None, "seed": 0, "torch_version": str(torch.__version__),
+    }  # fmt: skip
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(run_dir / "model.pt", model, meta)
+    return run_dir
+
+
+def _lenet5_run(workdir: Path, log) -> tuple[Path, str]:
+    if (TRAINED_LENET5 / "model.pt").is_file():
+        return TRAINED_LENET5, f"trained on Fashion-MNIST ({TRAINED_LENET5.relative_to(ROOT)})"
+    run_dir = workdir / "runs" / "lenet5"
+    if not (run_dir / "model.pt").is_file():
+        log(f"no {TRAINED_LENET5.relative_to(ROOT)}: training LeNet-5 briefly (1 epoch, 10,000 images)")
+        subprocess.run(
+            [sys.executable, "-m", "edgecnn.cli", "train", "lenet5", "--dataset", "fashion-mnist", "--epochs", "1",
+             "--limit", "10000", "--out", str(run_dir), "--no-progress"],
+            check=True, cwd=ROOT,
+        )  # fmt: skip
+    return run_dir, "briefly trained on Fashion-MNIST (1 epoch, 10,000 images)"
+
+
+def prepare_models(workdir: Path, names: list[str], log) -> list[BenchModel]:
+    """Export every model into a fresh repository under workdir (torch is needed only here)."""
+    from edgecnn.export.onnx_export import export_run
+    from edgecnn.training.checkpoint import load_checkpoint
+
+    repository = workdir / "repo"
+    shutil.rmtree(repository, ignore_errors=True)
+    models = []
+    for name in names:
+        if name == "lenet5":
+            run_dir, weights = _lenet5_run(workdir, log)
+        else:
+            run_dir, weights = _fixed_seed_run(name, workdir / "runs" / name), "fixed-seed random weights (no CIFAR-10 data here)"
+        log(f"exporting {name}")
+        entry = export_run(run_dir, repository, name=name, version=1, verify=False)
+        _, meta = load_checkpoint(run_dir)
+        models.append(BenchModel(name, entry.onnx_path, int(meta["params"]), tuple(meta["input_shape"]), weights))
+    return models
+
+
+# --- (a) in-process ONNX Runtime ---------------------------------------------------------------
+
+
+def ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()  # the same settings as edgecnn serve and the floor server
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _ort_loop(session, x: np.ndarray, duration_s: float, callers: int) -> tuple[float, dict[str, float]]:
+    """Runs per second and batch latency (ms) with `callers` threads calling back-to-back."""
+    name = session.get_inputs()[0].name
+    histogram = new_histogram()
+    lock = threading.Lock()
+    counts = []
+    end = time.perf_counter() + duration_s
+
+    def caller() -> None:
+        n = 0
+        while (start := time.perf_counter()) < end:
+            session.run(None, {name: x})
+            with lock:
+                record_seconds(histogram, time.perf_counter() - start)
+            n += 1
+        counts.append(n)
+
+    session.run(None, {name: x})  # warm-up
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    latency = {"p50": histogram.get_value_at_percentile(50) / 1000, "p99": histogram.get_value_at_percentile(99) / 1000}
+    return sum(counts) / elapsed, latency
+
+
+def bench_onnxruntime(model: BenchModel, threads: int, duration_s: float, callers: int) -> dict:
+    session = ort_session(model.onnx, threads)
+    rng = np.random.default_rng(0)
+    one = rng.standard_normal((1, *model.input_shape), dtype=np.float32)
+    big = rng.standard_normal((64, *model.input_shape), dtype=np.float32)
+    rps, latency = _ort_loop(session, one, duration_s, 1)
+    parallel_rps, _ = _ort_loop(session, one, duration_s, callers)
+    batches_per_s, _ = _ort_loop(session, big, duration_s, callers)
+    return {
+        "batch1_req_per_s": rps, "batch1_p50_ms": latency["p50"], "batch1_p99_ms": latency["p99"],
+        "batch1_parallel_req_per_s": parallel_rps, "batch64_images_per_s": 64 * batches_per_s,
+    }  # fmt: skip
+
+
+# --- (b)-(d) servers under the load tester -----------------------------------------------------
+
+
+def _wait_for_line(proc: subprocess.Popen, pattern: str, timeout_s: float) -> re.Match:
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout_s
+    seen = []
+    while time.monotonic() < deadline:
+        if not selector.select(timeout=0.5):
+            if proc.poll() is not None:
+                break
+            continue
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if match := re.search(pattern, line):
+            return match
+    raise RuntimeError(f"server did not announce itself ({pattern!r}); its output:\n{''.join(seen)}")
+
+
+def server_command(kind: str, model: BenchModel, repository: Path, threads: int, delay_us: int) -> tuple[list[str], str]:
+    """The command line of one server kind, and the regex of its ready line (group 1: port)."""
+    if kind == "floor":
+        cmd = [sys.executable, str(ROOT / "scripts" / "bench_floor_server.py"), "--model", str(model.onnx),
+               "--name", model.name, "--port", "0", "--threads", str(threads)]  # fmt: skip
+        return cmd, r"listening on (\d+)"
+    delay = 0 if kind == "batching-off" else delay_us
+    cmd = [sys.executable, "-m", "edgecnn.cli", "serve", "--repository", str(repository), "--host", "127.0.0.1",
+           "--port", "0", "--metrics-port", "-1", "--device", "cpu", "--threads", str(threads),
+           "--max-batch-size", "64", "--max-queue-delay-us", str(delay), "--log-level", "WARNING"]  # fmt: skip
+    return cmd, r"serving on [^:]+:(\d+)"
+
+
+@contextmanager
+def running(cmd: list[str], ready: str, log_path: Path) -> Iterator[str]:
+    with open(log_path, "w") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=ROOT)
+        try:
+            port = _wait_for_line(proc, ready, READY_TIMEOUT_S).group(1)
+            yield f"127.0.0.1:{port}"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def loadtest(address: str, model: str, args: argparse.Namespace, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "edgecnn.cli", "loadtest", "--server", address, "--model", model,
+           "--concurrency", args.concurrency, "--duration", str(args.duration), "--warmup", str(args.warmup),
+           "--processes", str(args.processes), "--out", str(out), "--quiet"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if not out.is_file():
+        raise RuntimeError(f"edgecnn loadtest failed (exit {done.returncode}):\n{done.stderr}")
+    print(done.stdout, end="", flush=True)
+    return json.loads(out.read_text())
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+def _first_line(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return ""
+
+
+def machine() -> dict:
+    import grpc
+    import onnxruntime
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    mem_kb = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), 0)
+    from edgecnn import __version__
+
+    return {
+        "cpu": cpu, "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
+        "ram_gib": round(mem_kb / 2**20, 1), "os": platform.platform(), "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__, "grpcio": grpc.__version__, "numpy": np.__version__,
+        "edgecnn": __version__, "gpu": _first_line(["nvidia-smi", "-L"]) or "none",
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+    }  # fmt: skip
+
+
+def by_concurrency(report: dict) -> dict[int, dict]:
+    return {step["concurrency"]: step for step in report["steps"]}
+
+
+def targets(results: dict) -> list[tuple[str, str, bool]]:
+    """(goal, measured, met) rows."""
+    rows = []
+    for name, servers in results["servers"].items():
+        floor, off, on = (by_concurrency(servers[k]) for k in ("floor", "batching-off", "batching-on"))
+        top, bottom = max(floor), min(floor)
+        ratio = off[top]["req_per_s"] / floor[top]["req_per_s"]
+        rows.append((f"{name}: batching off reaches >= 90% of the floor's req/s at c={top}",
+                     f"{off[top]['req_per_s']:.0f} vs {floor[top]['req_per_s']:.0f} req/s = {ratio:.0%}", ratio >= 0.9))  # fmt: skip
+        p50 = off[bottom]["latency_ms"]["p50"] / floor[bottom]["latency_ms"]["p50"]
+        rows.append((f"{name}: batching off p50 at c={bottom} <= 1.1x the floor's",
+                     f"{off[bottom]['latency_ms']['p50']:.2f} vs {floor[bottom]['latency_ms']['p50']:.2f} ms = {p50:.2f}x", p50 <= 1.1))  # fmt: skip
+        ratios = {c: on[c]["req_per_s"] / off[c]["req_per_s"] for c in off}
+        worst = min(ratios, key=ratios.get)
+        rows.append((f"{name}: batching on never > 5% below batching off in req/s",
+                     "on/off " + ", ".join(f"c={c}: {r:.2f}" for c, r in ratios.items()) + f" (worst c={worst})", ratios[worst] >= 0.95))  # fmt: skip
+        if name == "mobilenet-v2":
+            rows.append((f"{name}: batching on is faster where compute dominates (c={top})",
+                         f"on/off = {ratios[top]:.2f}x", ratios[top] > 1.0))  # fmt: skip
+    errors = sum(sum(s["errors"].values()) for servers in results["servers"].values() for r in servers.values() for s in r["steps"])
+    rows.append(("zero errors", f"{errors} failed requests", errors == 0))
+    return rows
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def write_markdown(results: dict, path: Path, plot_name: str | None) -> None:
+    m, s = results["machine"], results["settings"]
+    out = [
+        "# Benchmarks",
+        "",
+        f"Written by `scripts/bench.py` (`make bench`) on {results['created']}; do not edit by hand, rerun it. "
+        f"Run time {results['wall_s']:.0f} s{' (--quick)' if s['quick'] else ''}.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu']}, {m['logical_cpus']} logical CPUs ({m['usable_cpus']} usable by this process); GPU: {m['gpu']}",
+        f"- RAM: {m['ram_gib']} GiB; OS: {m['os']}",
+        f"- Python {m['python']}, ONNX Runtime {m['onnxruntime']}, grpcio {m['grpcio']}, numpy {m['numpy']}, edgecnn {m['edgecnn']}",
+        f"- Load average when the run started: {', '.join(map(str, m['load_average_at_start']))}. Client and servers share "
+        "these CPUs; on a busy machine the numbers say more about the neighbours than about the server.",
+        "",
+        "## Method",
+        "",
+        "- Every server runs as its own process on 127.0.0.1 with the same ONNX Runtime settings: CPU provider, "
+        f"ORT_ENABLE_ALL, {s['threads']} intra-op thread(s), 1 inter-op thread; ONNX Runtime runs on an executor "
+        "thread pool in both the floor server and edgecnn.",
+        "- (a) **onnxruntime**: the session called in-process, batch 1 back-to-back (one caller, then "
+        f"{s['callers']} parallel callers), and batch 64: the compute limit, no gRPC.",
+        "- (b) **floor**: `scripts/bench_floor_server.py`, a bare grpc.aio KServe V2 server that only decodes the "
+        "tensor, runs ONNX Runtime and encodes the logits (no validation, metrics, auth or batching).",
+        f"- (c) **batching-off** / (d) **batching-on**: `edgecnn serve` with `--max-queue-delay-us 0` / "
+        f"`--max-queue-delay-us {s['batch_delay_us']}` (max batch 64).",
+        f"- Client: `edgecnn loadtest --api infer --batch-size 1 --concurrency {s['concurrency']} --duration "
+        f"{s['duration']} --warmup {s['warmup']} --processes {s['processes']}` (closed loop, random float32 tensors, "
+        "raw_input_contents). Latencies are end to end at the client, from HDR histograms.",
+        "",
+        "## Models",
+        "",
+        _md_table(
+            ["model", "parameters", "input", "ONNX bytes", "weights"],
+            [[b["name"], f"{b['params']:,}", "x".join(map(str, b["input_shape"])), f"{b['onnx_bytes']:,}", b["weights"]]
+             for b in results["models"]],
+        ),  # fmt: skip
+        "",
+        "The CIFAR CNN and MobileNetV2 use fixed-seed untrained weights (there is no CIFAR-10 data on this "
+        "machine); speed does not depend on the weights' values.",
+        "",
+        "## (a) ONNX Runtime in-process",
+        "",
+        _md_table(
+            ["model", "batch 1 req/s", "batch 1 p50 ms", "batch 1 p99 ms", f"batch 1 req/s, {s['callers']} callers", "batch 64 images/s"],
+            [[name, f"{o['batch1_req_per_s']:.0f}", f"{o['batch1_p50_ms']:.3f}", f"{o['batch1_p99_ms']:.3f}",
+              f"{o['batch1_parallel_req_per_s']:.0f}", f"{o['batch64_images_per_s']:.0f}"]
+             for name, o in results["onnxruntime"].items()],
+        ),  # fmt: skip
+        "",
+        "## (b)-(d) Servers under `edgecnn loadtest`",
+        "",
+    ]
+    for name, servers in results["servers"].items():
+        rows = []
+        for kind, report in servers.items():
+            for step in report["steps"]:
+                lat = step["latency_ms"]
+                rows.append([kind, str(step["concurrency"]), f"{step['req_per_s']:.0f}", _ms(lat["p50"]), _ms(lat["p90"]),
+                             _ms(lat["p99"]), _ms(lat["max"]), str(sum(step["errors"].values())),
+                             "/".join(f"{c:.0%}" for c in step["client_cpu"]) + (" saturated" if step["client_saturated"] else "")])  # fmt: skip
+        out += [f"### {name}", "", _md_table(["server", "concurrency", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "client CPU per process"], rows), ""]
+    out += ["## Targets", "", "Measured, not asserted.", ""]
+    out.append(_md_table(["goal", "measured", "met"], [[g, v, "met" if ok else "**not met**"] for g, v, ok in results["targets"]]))
+    saturated = [f"{name} {kind} c={s['concurrency']}" for name, servers in results["servers"].items()
+                 for kind, r in servers.items() for s in r["steps"] if s["client_saturated"]]  # fmt: skip
+    out += ["", "Client CPU saturation (a client process at >= 90% of a core): " + (", ".join(saturated) if saturated else "none") + "."]
+    if plot_name:
+        out += ["", f"![throughput and latency per server]({plot_name})"]
+    path.write_text("\n".join(out) + "\n")
+
+
+def write_plot(results: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: no plot written: needs matplotlib", file=sys.stderr)
+        return False
+    names = list(results["servers"])
+    fig, axes = plt.subplots(2, len(names), figsize=(5 * len(names), 8), squeeze=False)
+    for col, name in enumerate(names):
+        top, bottom = axes[0][col], axes[1][col]
+        for kind, report in results["servers"][name].items():
+            steps = report["steps"]
+            conc = [st["concurrency"] for st in steps]
+            top.plot(conc, [st["req_per_s"] for st in steps], marker="o", label=kind)
+            bottom.plot(conc, [st["latency_ms"]["p50"] for st in steps], marker="o", label=f"{kind} p50")
+            bottom.plot(conc, [st["latency_ms"]["p99"] for st in steps], marker="x", linestyle=":", label=f"{kind} p99")
+        ort = results["onnxruntime"][name]
+        top.axhline(ort["batch1_parallel_req_per_s"], color="grey", linestyle="--", label="onnxruntime in-process, batch 1")
+        top.set_title(f"{name}: throughput")
+        bottom.set_title(f"{name}: latency")
+        for ax, ylabel in ((top, "requests/s"), (bottom, "ms")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("concurrency")
+            ax.set_ylabel(ylabel)
+            ax.grid(True, alpha=0.3)
+        bottom.set_yscale("log")
+        top.legend(fontsize=7)
+        bottom.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 s steps, 0.5 s warm-up")
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per step")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per step")
+    parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for every server")
+    parser.add_argument("--processes", type=int, default=2, help="load-test client processes")
+    parser.add_argument("--batch-delay-us", type=int, default=500, help="edgecnn's max queue delay with batching on")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup = 1.0, 0.5
+    unknown = set(args.models.split(",")) - set(MODELS)
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}; expected some of {', '.join(MODELS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+
+    def log(message: str) -> None:
+        print(f"[bench {time.monotonic() - started:6.1f}s] {message}", flush=True)
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    callers = min(2, os.cpu_count() or 1)
+    results: dict = {
+        "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine(),
+        "settings": {
+            "quick": args.quick, "duration": args.duration, "warmup": args.warmup, "concurrency": args.concurrency,
+            "threads": args.threads, "processes": args.processes, "batch_delay_us": args.batch_delay_us, "callers": callers,
+        },  # fmt: skip
+        "models": [],
+        "onnxruntime": {},
+        "servers": {},
+    }
+    models = prepare_models(args.workdir, args.models.split(","), log)
+    repository = args.workdir / "repo"
+    for model in models:
+        results["models"].append({"name": model.name, "params": model.params, "input_shape": list(model.input_shape),
+                                  "onnx_bytes": model.onnx.stat().st_size, "weights": model.weights})  # fmt: skip
+        log(f"{model.name}: ONNX Runtime in-process")
+        results["onnxruntime"][model.name] = bench_onnxruntime(model, args.threads, args.duration, callers)
+        results["servers"][model.name] = {}
+        for kind in SERVERS:
+            log(f"{model.name}: {SERVERS[kind]}")
+            cmd, ready = server_command(kind, model, repository, args.threads, args.batch_delay_us)
+            with running(cmd, ready, args.workdir / f"{model.name}-{kind}.log") as address:
+                report = loadtest(address, model.name, args, args.workdir / f"{model.name}-{kind}.json")
+            results["servers"][model.name][kind] = report
+    results["targets"] = targets(results)
+    results["wall_s"] = time.monotonic() - started
+    (args.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    plot = args.out.with_suffix(".png")
+    write_markdown(results, args.out, plot.name if write_plot(results, plot) else None)
+    for goal, measured, met in results["targets"]:
+        log(f"{'met    ' if met else 'NOT MET'}  {goal}: {measured}")
+    log(f"wrote {args.out} and {plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""`edgecnn serve`: serve a model repository over gRPC (Open Inference Protocol + Classifier)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from .app import InferenceServer, serve_until_signal
+from .auth import read_token
+from .errors import StartupError
+from .settings import DEFAULT_MAX_QUEUE, DEFAULT_METRICS_PORT, DEFAULT_PORT, Settings
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repository", type=Path, required=True, help="model repository folder (Triton layout)")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"gRPC port, 0 for any free one (default {DEFAULT_PORT})")
+    parser.add_argument(
+        "--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
+        help=f"Prometheus /metrics port, 0 for any free one, -1 for none (default {DEFAULT_METRICS_PORT})",
+    )
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="ONNX Runtime execution provider")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads per session (0: its default)")
+    parser.add_argument(
+        "--max-batch-size", type=int, default=None,
+        help="override every config.pbtxt max_batch_size (0 or 1 turns batching off)",
+    )
+    parser.add_argument(
+        "--max-queue-delay-us", type=int, default=None,
+        help="override every config.pbtxt dynamic_batching max_queue_delay_microseconds (0 turns batching off)",
+    )
+    parser.add_argument(
+        "--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+        help=f"requests waiting per model version before RESOURCE_EXHAUSTED (default {DEFAULT_MAX_QUEUE})",
+    )
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    parser.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certificates signed by it")
+    parser.add_argument("--auth-token-file", type=Path, help="file holding the bearer token clients must send")
+    parser.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on SIGTERM (default 10)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    token = read_token(args.auth_token_file) if args.auth_token_file else None
+    return Settings(
+        repository=args.repository,
+        host=args.host,
+        port=args.port,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        device=args.device,
+        threads=args.threads,
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_us=args.max_queue_delay_us,
+        max_queue=args.max_queue,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth_token=token,
+        grace_s=args.grace,
+    )
+
+
+def _announce(server: InferenceServer) -> None:
+    metrics = f"metrics :{server.metrics_port}" if server.metrics_port is not None else "no metrics"
+    print(f"edgecnn serving on {server.settings.host}:{server.port} ({metrics})", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from_args(args)
+        return asyncio.run(serve_until_signal(settings, on_ready=_announce))
+    except (StartupError, ValueError, OSError) as exc:
+        print(f"edgecnn serve: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,184 @@
+"""EdgeClient and `edgecnn classify` against a real server on a free loopback port."""
+
+from __future__ import annotations
+
+import socket
+
+import grpc
+import numpy as np
+import pytest
+
+from edgecnn.cli import main
+from edgecnn.client import ClientError, EdgeClient
+from edgecnn.client.files import InputFileError, read_image_file
+from tests.conftest_server import PARAMS_LENET5, fashion_test_split, png_bytes, reference_logits
+from tests.servers import MODEL, TOKEN, make_repository, running_server
+
+
+@pytest.fixture(scope="module")
+def fashion(fashion_mnist_dir) -> dict:
+    split = fashion_test_split()
+    return {
+        "images": split.images[:6],
+        "x": np.ascontiguousarray(split.normalized()[:6], dtype=np.float32),
+        "classes": list(split.classes),
+    }
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory, fashion):
+    return make_repository(tmp_path_factory.mktemp("client"))
+
+
+@pytest.fixture(scope="module")
+def address(repository):
+    with running_server(repository.dir) as addr:
+        yield addr
+
+
+@pytest.fixture(scope="module")
+def client(address):
+    with EdgeClient(address, MODEL, timeout=10) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def unused_address() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_infer_equals_onnxruntime(client, repository, fashion):
+    x = fashion["x"]
+    np.testing.assert_allclose(client.infer(x), reference_logits(repository.onnx, x), rtol=1e-5, atol=1e-6)
+    assert client.infer(x[0]).shape == (1, 10)  # one [C, H, W] sample is a batch of one
+
+
+def test_classify_png_and_tensor(client, repository, fashion):
+    expected = softmax(reference_logits(repository.onnx, fashion["x"]))
+    pngs = [png_bytes(image) for image in fashion["images"]]
+    for images in (pngs, list(fashion["x"])):
+        results = client.classify(images, top_k=3)
+        assert len(results) == len(images)
+        for preds, probs in zip(results, expected):
+            assert [p.index for p in preds] == list(np.argsort(-probs, kind="stable")[:3])
+            assert [p.label for p in preds] == [fashion["classes"][p.index] for p in preds]
+            assert preds[0].score == pytest.approx(float(probs.max()), rel=1e-4)
+
+
+def test_model_info_and_metadata(client, fashion):
+    info = client.model_info()
+    assert (info.model, info.version, info.architecture) == (MODEL, 1, "lenet5")
+    assert info.parameters == PARAMS_LENET5 and list(info.input_shape) == [1, 28, 28]
+    assert list(info.labels) == fashion["classes"] and info.max_batch_size == 8
+    metadata = client.model_metadata()
+    assert list(metadata.inputs[0].shape) == [-1, 1, 28, 28] and metadata.versions == ["1"]
+
+
+def test_health(client, address):
+    assert client.health() == "SERVING"
+    assert client.health("") == "SERVING"
+    assert client.health("no-such-model") == "SERVICE_UNKNOWN"
+
+
+def test_errors_carry_the_status_code(address, unused_address):
+    with EdgeClient(address, "no-such-model") as c, pytest.raises(ClientError, match="NOT_FOUND") as info:
+        c.infer(np.zeros((1, 28, 28), np.float32))
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+    with EdgeClient(address, MODEL) as c, pytest.raises(ClientError) as info:
+        c.infer(np.zeros((1, 27, 28), np.float32))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "[N, 1, 28, 28]" in info.value.details
+    with EdgeClient(unused_address, MODEL, timeout=2) as c, pytest.raises(ClientError, match="UNAVAILABLE"):
+        c.model_info()
+
+
+def test_bad_local_input_is_refused_before_sending(client):
+    with pytest.raises(ValueError, match="expected float32"):
+        client.infer(np.zeros((1, 1, 28, 28), np.uint8))
+    with pytest.raises(ValueError, match=r"expected \[C, H, W\] or \[N, C, H, W\]"):
+        client.infer(np.zeros((28, 28), np.float32))
+    with pytest.raises(TypeError, match="expected encoded PNG/JPEG bytes"):
+        client.classify(["not-bytes"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="no images"):
+        client.classify([])
+
+
+def test_token_and_auth_server(repository):
+    with running_server(repository.dir, auth_token=TOKEN) as addr:
+        with EdgeClient(addr, MODEL) as anonymous, pytest.raises(ClientError, match="UNAUTHENTICATED"):
+            anonymous.model_info()
+        with EdgeClient(addr, MODEL, token=TOKEN) as c:
+            assert c.model_info().model == MODEL
+
+
+# --- files and the CLI ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory, fashion) -> dict:
+    folder = tmp_path_factory.mktemp("images")
+    files = {}
+    for i in range(2):
+        files[f"png{i}"] = folder / f"item{i}.png"
+        files[f"png{i}"].write_bytes(png_bytes(fashion["images"][i]))
+    files["chw"] = folder / "one.npy"
+    np.save(files["chw"], fashion["x"][2])
+    files["nchw"] = folder / "two.npy"
+    np.save(files["nchw"], fashion["x"][3:5])
+    return files
+
+
+def test_read_image_files(image_files, tmp_path):
+    assert [i.name for i in read_image_file(image_files["nchw"])] == [f"{image_files['nchw']}[0]", f"{image_files['nchw']}[1]"]
+    assert isinstance(read_image_file(image_files["png0"])[0].image, bytes)
+    cases = {
+        "missing.png": (None, "no such file"),
+        "fake.png": (b"GIF89a", "not a PNG file"),
+        "ints.npy": (np.zeros((1, 28, 28), np.int32), "expected a float32"),
+        "flat.npy": (np.zeros(784, np.float32), r"expected \[C, H, W\] or \[N, C, H, W\]"),
+        "image.gif": (b"GIF89a", "unsupported file type"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif content is not None:
+            np.save(path, content)
+        with pytest.raises(InputFileError, match=message):
+            read_image_file(path)
+
+
+def test_cli_prints_a_table(address, image_files, repository, fashion, capsys):
+    files = [image_files["png0"], image_files["png1"], image_files["chw"], image_files["nchw"]]
+    assert main(["classify", "--server", address, "--model", MODEL, "--top-k", "2", *map(str, files)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["FILE", "RANK", "LABEL", "SCORE"]
+    assert len(lines) == 1 + 5 * 2  # five images, two rows each
+    probs = softmax(reference_logits(repository.onnx, fashion["x"][:5]))
+    names = [str(files[0]), str(files[1]), str(files[2]), f"{files[3]}[0]", f"{files[3]}[1]"]
+    for i, (name, p) in enumerate(zip(names, probs)):
+        first, second = lines[1 + 2 * i], lines[2 + 2 * i]
+        best = int(np.argmax(p))
+        assert first.startswith(name) and fashion["classes"][best] in first
+        assert f"{p[best]:.4f}" in first
+        assert second.split()[0] == "2"
+
+
+def test_cli_errors(address, unused_address, image_files, tmp_path, capsys):
+    png = str(image_files["png0"])
+    assert main(["classify", "--server", address, "--model", MODEL, str(tmp_path / "nope.png")]) == 2
+    assert "nope.png: no such file" in capsys.readouterr().err
+    assert main(["classify", "--server", unused_address, "--model", MODEL, "--timeout", "2", png]) == 1
+    assert "UNAVAILABLE" in capsys.readouterr().err
+    assert main(["classify", "--server", address, "--model", "no-such-model", png]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+    assert main(["classify", "--server", "no-port", "--model", MODEL, png]) == 2
+    assert "expected HOST:PORT" in capsys.readouterr().err
+    assert main(["classify", "--server", address, "--model", MODEL, "--top-k", "0", png]) == 2
+    assert "--top-k 0" in capsys.readouterr().err

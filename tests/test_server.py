@@ -1,0 +1,445 @@
+"""The gRPC inference server against a real repository on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest_server import (
+    PARAMS_LENET5,
+    copy_model,
+    export,
+    fashion_test_split,
+    free_port,
+    png_bytes,
+    reference_logits,
+    self_signed_cert,
+    write_checkpoint,
+)
+from edgecnn.protos import classifier_pb2, classifier_pb2_grpc, inference_pb2, inference_pb2_grpc
+from edgecnn.server import ServerThread, Settings, StartupError
+from edgecnn.server.device import gpu_present
+
+tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
+
+BATCHED_DELAY_US = 100_000  # long enough that concurrent requests always meet in one batch
+TIMEOUT = 10.0
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("server")
+    repo_dir = root / "repo"
+    run_a = write_checkpoint(root / "run-a", seed=0)
+    run_b = write_checkpoint(root / "run-b", seed=1)
+    v1 = export(run_a, repo_dir, "lenet5", 1, max_queue_delay_us=0, max_batch_size=8)
+    batched = copy_model(repo_dir, "lenet5", "lenet5-batched", max_queue_delay_us=BATCHED_DELAY_US, max_batch_size=64)
+    v2 = export(run_b, repo_dir, "lenet5", 2, max_queue_delay_us=0, max_batch_size=8)
+    return {"dir": repo_dir, "v1": v1, "v2": v2, "batched": batched / "1" / "model.onnx"}
+
+
+@pytest.fixture(scope="module")
+def fashion(fashion_mnist_dir) -> dict:
+    split = fashion_test_split()
+    return {"images": split.images[:32], "x": np.ascontiguousarray(split.normalized()[:32], dtype=np.float32), "classes": split.classes}
+
+
+@pytest.fixture(scope="module")
+def server(repository):
+    settings = Settings(repository=repository["dir"], host="127.0.0.1", port=0, metrics_port=0, device="cpu")
+    with ServerThread(settings) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def channel(server):
+    with grpc.insecure_channel(server.address) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="module")
+def infer_stub(channel):
+    return inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def classifier_stub(channel):
+    return classifier_pb2_grpc.ClassifierStub(channel)
+
+
+def infer_request(model: str, x: np.ndarray, version: str = "") -> inference_pb2.ModelInferRequest:
+    request = inference_pb2.ModelInferRequest(model_name=model, model_version=version, id="t")
+    request.inputs.add(name="input", datatype="FP32", shape=x.shape)
+    request.raw_input_contents.append(np.ascontiguousarray(x, dtype="<f4").tobytes())
+    return request
+
+
+def logits_of(response: inference_pb2.ModelInferResponse) -> np.ndarray:
+    out = response.outputs[0]
+    assert (out.name, out.datatype) == ("logits", "FP32")
+    return np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(tuple(out.shape))
+
+
+def scrape(server) -> dict:
+    """{(name, labels as sorted tuple): value} of every sample."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=TIMEOUT) as r:
+        text = r.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+# --- Open Inference Protocol through tritonclient -------------------------------------------
+
+
+def test_tritonclient_live_ready_metadata(server, repository):
+    client = tritonclient_grpc.InferenceServerClient(url=server.address)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("lenet5") and client.is_model_ready("lenet5", "2")
+    assert not client.is_model_ready("no-such-model")
+    assert client.get_server_metadata().name == "edgecnn"
+    meta = client.get_model_metadata("lenet5")
+    assert list(meta.versions) == ["1", "2"] and meta.platform == "onnxruntime_onnx"
+    assert (meta.inputs[0].name, meta.inputs[0].datatype, list(meta.inputs[0].shape)) == ("input", "FP32", [-1, 1, 28, 28])
+    assert (meta.outputs[0].name, list(meta.outputs[0].shape)) == ("logits", [-1, 10])
+    config = client.get_model_config("lenet5-batched").config
+    assert config.max_batch_size == 64
+    assert config.dynamic_batching.max_queue_delay_microseconds == BATCHED_DELAY_US
+    index = client.get_model_repository_index()
+    assert {(m.name, m.version, m.state) for m in index.models} == {
+        ("lenet5", "1", "READY"), ("lenet5", "2", "READY"), ("lenet5-batched", "1", "READY")
+    }
+
+
+@pytest.mark.parametrize("version, key", [("", "v2"), ("1", "v1"), ("2", "v2")])
+def test_tritonclient_infer_equals_onnxruntime(server, repository, fashion, version, key):
+    x = fashion["x"][:5]
+    client = tritonclient_grpc.InferenceServerClient(url=server.address)
+    tensor = tritonclient_grpc.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    result = client.infer("lenet5", [tensor], model_version=version, outputs=[tritonclient_grpc.InferRequestedOutput("logits")])
+    np.testing.assert_allclose(result.as_numpy("logits"), reference_logits(repository[key], x), rtol=1e-5, atol=1e-6)
+    assert result.get_response().model_version == key[1]
+
+
+def test_typed_contents_equal_raw_contents(infer_stub, fashion):
+    x = fashion["x"][:3]
+    typed = inference_pb2.ModelInferRequest(model_name="lenet5")
+    tensor = typed.inputs.add(name="input", datatype="FP32", shape=x.shape)
+    tensor.contents.fp32_contents.extend(x.ravel().tolist())
+    raw = infer_stub.ModelInfer(infer_request("lenet5", x), timeout=TIMEOUT)
+    np.testing.assert_array_equal(logits_of(infer_stub.ModelInfer(typed, timeout=TIMEOUT)), logits_of(raw))
+    assert raw.id == "t" and raw.model_name == "lenet5"
+
+
+# --- Classifier ------------------------------------------------------------------------------
+
+
+def test_classify_png_fashion_mnist_matches_onnxruntime(classifier_stub, repository, fashion):
+    images = fashion["images"][:8]
+    request = classifier_pb2.ClassifyRequest(model="lenet5", version=1, top_k=3)
+    for image in images:
+        request.images.add(encoded=png_bytes(image))
+    response = classifier_stub.Classify(request, timeout=TIMEOUT)
+    reference = reference_logits(repository["v1"], fashion["x"][:8])
+    assert (response.model, response.version) == ("lenet5", 1)
+    assert len(response.results) == 8
+    for result, logits in zip(response.results, reference):
+        top = result.predictions
+        assert len(top) == 3
+        assert top[0].index == int(np.argmax(logits))
+        assert top[0].label == fashion["classes"][top[0].index]
+        scores = [p.score for p in top]
+        assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0 + 1e-6
+        expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        assert top[0].score == pytest.approx(float(expected.max()), rel=1e-4)
+
+
+def test_classify_tensor_images_equal_png_images(classifier_stub, fashion):
+    png = classifier_pb2.ClassifyRequest(model="lenet5", top_k=10)
+    tensors = classifier_pb2.ClassifyRequest(model="lenet5", top_k=10)
+    for image, x in zip(fashion["images"][:4], fashion["x"][:4]):
+        png.images.add(encoded=png_bytes(image))
+        tensors.images.add(tensor=classifier_pb2.FloatTensor(shape=x.shape, data=x.astype("<f4").tobytes()))
+    a = classifier_stub.Classify(png, timeout=TIMEOUT)
+    b = classifier_stub.Classify(tensors, timeout=TIMEOUT)
+    for ra, rb in zip(a.results, b.results):
+        assert [p.index for p in ra.predictions] == [p.index for p in rb.predictions]
+        np.testing.assert_allclose([p.score for p in ra.predictions], [p.score for p in rb.predictions], rtol=1e-5)
+
+
+def test_model_info(classifier_stub, repository, fashion):
+    info = classifier_stub.ModelInfo(classifier_pb2.ModelInfoRequest(model="lenet5"), timeout=TIMEOUT)
+    assert (info.model, info.version, list(info.available_versions)) == ("lenet5", 2, [1, 2])
+    assert info.parameters == PARAMS_LENET5 and info.architecture == "lenet5"
+    assert info.onnx_bytes == repository["v2"].stat().st_size
+    assert info.opset >= 7 and info.quantization == "none"
+    assert info.execution_provider == "CPUExecutionProvider"
+    assert list(info.input_shape) == [1, 28, 28] and list(info.labels) == list(fashion["classes"])
+    assert info.max_batch_size == 8 and info.dataset == "fashion-mnist"
+    assert info.verification.present and info.verification.passed
+    assert info.verification.summary.startswith("passed (") and "top-1 agreement" in info.verification.summary
+    assert json.loads(info.verification.details_json)["passed"] is True
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def _bad_requests(x: np.ndarray) -> list[tuple[str, inference_pb2.ModelInferRequest, grpc.StatusCode, str]]:
+    cases = [
+        ("unknown model", infer_request("nope", x), grpc.StatusCode.NOT_FOUND, "unknown model 'nope'"),
+        ("unknown version", infer_request("lenet5", x, version="9"), grpc.StatusCode.NOT_FOUND, "expected one of: 1, 2"),
+        ("wrong shape", infer_request("lenet5", x.reshape(1, 1, 784, 1)), grpc.StatusCode.INVALID_ARGUMENT, "expected [N, 1, 28, 28]"),
+        ("batch too big", infer_request("lenet5", np.zeros((9, 1, 28, 28), np.float32)), grpc.StatusCode.INVALID_ARGUMENT, "max batch size"),
+    ]
+    wrong_dtype = infer_request("lenet5", x)
+    wrong_dtype.inputs[0].datatype = "FP64"
+    cases.append(("wrong dtype", wrong_dtype, grpc.StatusCode.INVALID_ARGUMENT, "expected 'FP32'"))
+    short = infer_request("lenet5", x)
+    short.raw_input_contents[0] = short.raw_input_contents[0][:-4]
+    cases.append(("short bytes", short, grpc.StatusCode.INVALID_ARGUMENT, "expected 3136"))
+    typed = inference_pb2.ModelInferRequest(model_name="lenet5")
+    typed.inputs.add(name="input", datatype="FP32", shape=x.shape).contents.fp32_contents.extend([0.0] * 10)
+    cases.append(("typed count", typed, grpc.StatusCode.INVALID_ARGUMENT, "expected 784"))
+    nan = x.copy()
+    nan[0, 0, 3, 3] = np.nan
+    cases.append(("nan", infer_request("lenet5", nan), grpc.StatusCode.INVALID_ARGUMENT, "expected finite"))
+    wrong_name = infer_request("lenet5", x)
+    wrong_name.inputs[0].name = "pixels"
+    cases.append(("input name", wrong_name, grpc.StatusCode.INVALID_ARGUMENT, "expected 'input'"))
+    return cases
+
+
+def test_infer_errors_name_what_was_expected(infer_stub, fashion):
+    x = fashion["x"][:1]
+    for label, request, code, expected in _bad_requests(x):
+        with pytest.raises(grpc.RpcError) as info:
+            infer_stub.ModelInfer(request, timeout=TIMEOUT)
+        assert info.value.code() == code, label
+        assert expected in info.value.details(), (label, info.value.details())
+        assert infer_stub.ModelInfer(infer_request("lenet5", x), timeout=TIMEOUT).outputs, f"not serving after {label}"
+
+
+def test_classify_errors(classifier_stub, fashion):
+    cases = [
+        (classifier_pb2.ClassifyRequest(model="lenet5", images=[classifier_pb2.Image(encoded=b"not an image")]), "expected PNG or JPEG"),
+        (classifier_pb2.ClassifyRequest(model="lenet5"), "expected at least one"),
+        (classifier_pb2.ClassifyRequest(model="lenet5", images=[classifier_pb2.Image(tensor=classifier_pb2.FloatTensor(shape=[3, 28, 28], data=bytes(3 * 784 * 4)))]), "expected [1, 28, 28]"),
+        (classifier_pb2.ClassifyRequest(model="lenet5", images=[classifier_pb2.Image(tensor=classifier_pb2.FloatTensor(shape=[1, 28, 28], data=np.full(784, np.inf, "<f4").tobytes()))]), "expected finite"),
+        (classifier_pb2.ClassifyRequest(model="lenet5", images=[classifier_pb2.Image(encoded=png_bytes(fashion["images"][0]))] * 9), "max batch size"),
+    ]
+    for request, expected in cases:
+        with pytest.raises(grpc.RpcError) as info:
+            classifier_stub.Classify(request, timeout=TIMEOUT)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert expected in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        classifier_stub.ModelInfo(classifier_pb2.ModelInfoRequest(model="lenet5", version=7), timeout=TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and "expected one of: 1, 2" in info.value.details()
+
+
+def test_deadline_is_honoured(infer_stub, fashion):
+    request = infer_request("lenet5-batched", fashion["x"][:1])
+    with pytest.raises(grpc.RpcError) as info:
+        infer_stub.ModelInfer(request, timeout=BATCHED_DELAY_US / 1e6 / 5)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert infer_stub.ModelInfer(request, timeout=TIMEOUT).outputs
+
+
+# --- batching and metrics --------------------------------------------------------------------
+
+
+def test_concurrent_requests_are_batched_with_unchanged_results(server, infer_stub, repository, fashion):
+    before = scrape(server)
+    xs = [fashion["x"][i : i + 1 + i % 3] for i in range(12)]
+    futures = [infer_stub.ModelInfer.future(infer_request("lenet5-batched", x), timeout=TIMEOUT) for x in xs]
+    results = [logits_of(f.result()) for f in futures]
+    for x, got in zip(xs, results):
+        np.testing.assert_allclose(got, reference_logits(repository["batched"], x), rtol=1e-5, atol=1e-6)
+    after = scrape(server)
+    labels = {"model": "lenet5-batched", "version": "1"}
+    calls = sample(after, "edgecnn_batch_size_count", **labels) - sample(before, "edgecnn_batch_size_count", **labels)
+    rows = sample(after, "edgecnn_batch_size_sum", **labels) - sample(before, "edgecnn_batch_size_sum", **labels)
+    assert rows == sum(len(x) for x in xs)
+    assert calls < len(xs), f"{len(xs)} concurrent requests took {calls} ONNX Runtime calls: not batched"
+    assert sample(after, "edgecnn_batch_size_bucket", le="1.0", **labels) < calls or calls == 1
+
+
+def test_metrics_scrape(server, infer_stub, fashion):
+    before = scrape(server)
+    for _ in range(3):
+        infer_stub.ModelInfer(infer_request("lenet5", fashion["x"][:2], version="1"), timeout=TIMEOUT)
+    after = scrape(server)
+    assert sample(after, "edgecnn_model_parameters", model="lenet5", version="1") == PARAMS_LENET5
+    assert sample(after, "edgecnn_model_onnx_bytes", model="lenet5", version="1") > 0
+    info = {dict(k[1]).get("version"): dict(k[1]) for k in after if k[0] == "edgecnn_model_info" and dict(k[1]).get("model") == "lenet5"}
+    assert info["1"]["provider"] == "CPUExecutionProvider" and int(info["1"]["opset"]) >= 7
+    ok = {"model": "lenet5", "version": "1", "api": "ModelInfer", "code": "OK"}
+    assert sample(after, "edgecnn_requests_total", **ok) - sample(before, "edgecnn_requests_total", **ok) == 3
+    e2e = {"model": "lenet5", "version": "1", "api": "ModelInfer"}
+    assert sample(after, "edgecnn_request_duration_seconds_count", **e2e) - sample(before, "edgecnn_request_duration_seconds_count", **e2e) == 3
+    mv = {"model": "lenet5", "version": "1"}
+    for name in ("edgecnn_queue_wait_seconds_count", "edgecnn_inference_duration_seconds_count", "edgecnn_batch_size_count"):
+        assert sample(after, name, **mv) - sample(before, name, **mv) == 3, name
+    assert sample(after, "edgecnn_batch_size_sum", **mv) - sample(before, "edgecnn_batch_size_sum", **mv) == 6
+    assert sample(after, "edgecnn_inflight_requests") == 0
+    assert sample(after, "edgecnn_server_ready") == 1
+    assert sample(after, "edgecnn_requests_total", model="", version="", api="ModelInfer", code="NOT_FOUND") >= 1
+
+
+# --- health and reflection -------------------------------------------------------------------
+
+
+def test_health_and_reflection(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "lenet5", "lenet5-batched"):
+        status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT).status
+        assert status == health_pb2.HealthCheckResponse.SERVING, service
+    with pytest.raises(grpc.RpcError) as info:
+        health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="edgecnn.v1.Classifier"),
+    ]
+    listed, described = list(stub.ServerReflectionInfo(iter(requests), timeout=TIMEOUT))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"inference.GRPCInferenceService", "edgecnn.v1.Classifier", "grpc.health.v1.Health"} <= names
+    assert described.file_descriptor_response.file_descriptor_proto
+
+
+# --- separate servers: loading, queue bound, TLS + token, start-up errors ---------------------
+
+
+def test_not_serving_while_loading(repository, monkeypatch):
+    from edgecnn.server import app
+
+    release = threading.Event()
+    real_load = app.load_registry
+
+    def slow_load(*args, **kwargs):
+        assert release.wait(TIMEOUT)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(app, "load_registry", slow_load)
+    port = free_port()
+    running = ServerThread(Settings(repository=repository["dir"], host="127.0.0.1", port=port, metrics_port=None, device="cpu"))
+    starter = threading.Thread(target=running.start)
+    starter.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            check = health.Check(health_pb2.HealthCheckRequest(service="lenet5"), timeout=TIMEOUT, wait_for_ready=True)
+            assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            stub = inference_pb2_grpc.GRPCInferenceServiceStub(ch)
+            assert not stub.ServerReady(inference_pb2.ServerReadyRequest(), timeout=TIMEOUT).ready
+            release.set()
+            starter.join(TIMEOUT)
+            assert health.Check(health_pb2.HealthCheckRequest(service="lenet5"), timeout=TIMEOUT).status == health_pb2.HealthCheckResponse.SERVING
+            assert stub.ServerReady(inference_pb2.ServerReadyRequest(), timeout=TIMEOUT).ready
+    finally:
+        release.set()
+        starter.join(TIMEOUT)
+        running.stop()
+
+
+def test_queue_full_is_resource_exhausted(repository, fashion):
+    settings = Settings(
+        repository=repository["dir"], host="127.0.0.1", port=0, metrics_port=None, device="cpu",
+        max_queue=1, max_queue_delay_us=300_000, max_batch_size=64,
+    )
+    with ServerThread(settings) as running, grpc.insecure_channel(running.address) as ch:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(ch)
+        request = infer_request("lenet5", fashion["x"][:1])
+        futures = [stub.ModelInfer.future(request, timeout=TIMEOUT) for _ in range(4)]
+        codes = []
+        for f in futures:
+            try:
+                f.result()
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+                assert "queue full" in exc.details()
+        assert grpc.StatusCode.OK in codes and grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
+        assert stub.ModelInfer(request, timeout=TIMEOUT).outputs
+
+
+def test_tls_and_token(repository, fashion, tmp_path):
+    cert, key = self_signed_cert(tmp_path)
+    settings = Settings(
+        repository=repository["dir"], host="127.0.0.1", port=0, metrics_port=None, device="cpu",
+        tls_cert=cert, tls_key=key, auth_token="s3cret",
+    )
+    credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    with ServerThread(settings) as running, grpc.secure_channel(f"localhost:{running.port}", credentials) as ch:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(ch)
+        request = infer_request("lenet5", fashion["x"][:1])
+        for metadata, expected in ((None, "missing authorization"), ((("authorization", "Bearer wrong"),), "invalid token")):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(request, metadata=metadata, timeout=TIMEOUT)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED and expected in info.value.details()
+        response = stub.ModelInfer(request, metadata=(("authorization", "Bearer s3cret"),), timeout=TIMEOUT)
+        np.testing.assert_allclose(logits_of(response), reference_logits(repository["v2"], fashion["x"][:1]), rtol=1e-5, atol=1e-6)
+        health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING  # probes need no token
+        client = tritonclient_grpc.InferenceServerClient(url=f"localhost:{running.port}", ssl=True, root_certificates=str(cert))
+        assert client.is_server_ready(headers={"authorization": "Bearer s3cret"})
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as plain, pytest.raises(grpc.RpcError):
+            inference_pb2_grpc.GRPCInferenceServiceStub(plain).ServerLive(inference_pb2.ServerLiveRequest(), timeout=1)
+
+
+@pytest.mark.skipif(gpu_present(), reason="a GPU is present")
+def test_device_cuda_without_gpu_is_a_startup_error(repository):
+    with pytest.raises(StartupError, match="--device cuda"):
+        ServerThread(Settings(repository=repository["dir"], host="127.0.0.1", port=0, metrics_port=None, device="cuda")).start()
+
+
+def test_cli_startup_errors(tmp_path, capsys):
+    import argparse
+
+    from edgecnn.server import cmd_serve
+
+    parser = argparse.ArgumentParser()
+    cmd_serve.configure(parser)
+    assert cmd_serve.run(parser.parse_args(["--repository", str(tmp_path / "missing"), "--port", "0", "--metrics-port", "-1"])) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cmd_serve.run(parser.parse_args(["--repository", str(tmp_path / "empty"), "--port", "0", "--metrics-port", "-1"])) == 2
+    assert "holds no model" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not gpu_present(), reason="needs an NVIDIA GPU")
+def test_cuda_provider_serves_the_same_results(repository, fashion):
+    settings = Settings(repository=repository["dir"], host="127.0.0.1", port=0, metrics_port=None, device="cuda")
+    with ServerThread(settings) as running, grpc.insecure_channel(running.address) as ch:
+        info = classifier_pb2_grpc.ClassifierStub(ch).ModelInfo(classifier_pb2.ModelInfoRequest(model="lenet5"), timeout=TIMEOUT)
+        assert info.execution_provider == "CUDAExecutionProvider"
+        response = inference_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(infer_request("lenet5", fashion["x"][:8]), timeout=TIMEOUT)
+        np.testing.assert_allclose(logits_of(response), reference_logits(repository["v2"], fashion["x"][:8]), rtol=1e-3, atol=1e-4)
+
+
+def test_serving_side_never_imports_torch():
+    code = (
+        "import sys, edgecnn.server, edgecnn.server.cmd_serve, edgecnn.server.app\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
