@@ -62,10 +62,17 @@ class Comparison:
     accuracy_drop_points: float | None = None  # 100 * (PyTorch accuracy - ONNX accuracy)
 
 
-def torch_logits(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def torch_logits(model: nn.Module, x: np.ndarray, batch_size: int = 64, threads: int = 1) -> np.ndarray:
+    """PyTorch's logits on CPU. Few threads: on a shared machine torch's default of one thread
+    per core oversubscribes and ran MobileNetV2 5x slower here."""
     model.eval()
-    with torch.inference_mode():
-        parts = [model(torch.from_numpy(x[i : i + batch_size])).float().numpy() for i in range(0, len(x), batch_size)]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            parts = [model(torch.from_numpy(x[i : i + batch_size])).float().numpy() for i in range(0, len(x), batch_size)]
+    finally:
+        torch.set_num_threads(previous)
     return np.concatenate(parts)
 
 
@@ -175,7 +182,8 @@ def verify_onnx(
     comparisons: list[Comparison] = []
     breaches: list[str] = []
     for kind, images in inputs:
-        c = compare(kind, images.source, torch_logits(model, images.x), run_batched(session, images.x), images.labels, thresholds)
+        expected = torch_logits(model, images.x, threads=threads)
+        c = compare(kind, images.source, expected, run_batched(session, images.x), images.labels, thresholds)
         gate_top1 = kind == "test" or test is None
         breaches += find_breaches(c, quantization, thresholds, gate_top1, class_names, images.labels)
         comparisons.append(c)

@@ -386,12 +386,12 @@ def write_plot(results: dict, path: Path) -> bool:
     fig, axes = plt.subplots(2, len(names), figsize=(5 * len(names), 8), squeeze=False)
     for col, name in enumerate(names):
         top, bottom = axes[0][col], axes[1][col]
-        for kind, report in results["servers"][name].items():
+        for color, (kind, report) in enumerate(results["servers"][name].items()):
             steps = report["steps"]
             conc = [st["concurrency"] for st in steps]
-            top.plot(conc, [st["req_per_s"] for st in steps], marker="o", label=kind)
-            bottom.plot(conc, [st["latency_ms"]["p50"] for st in steps], marker="o", label=f"{kind} p50")
-            bottom.plot(conc, [st["latency_ms"]["p99"] for st in steps], marker="x", linestyle=":", label=f"{kind} p99")
+            top.plot(conc, [st["req_per_s"] for st in steps], marker="o", color=f"C{color}", label=kind)
+            bottom.plot(conc, [st["latency_ms"]["p50"] for st in steps], marker="o", color=f"C{color}", label=f"{kind} p50")
+            bottom.plot(conc, [st["latency_ms"]["p99"] for st in steps], marker="x", linestyle=":", color=f"C{color}", label=f"{kind} p99")
         ort = results["onnxruntime"][name]
         top.axhline(ort["batch1_parallel_req_per_s"], color="grey", linestyle="--", label="onnxruntime in-process, batch 1")
         top.set_title(f"{name}: throughput")
@@ -401,6 +401,7 @@ def write_plot(results: dict, path: Path) -> bool:
             ax.set_xlabel("concurrency")
             ax.set_ylabel(ylabel)
             ax.grid(True, alpha=0.3)
+        top.set_yscale("log")  # in-process ONNX Runtime can be 10x the servers
         bottom.set_yscale("log")
         top.legend(fontsize=7)
         bottom.legend(fontsize=6)

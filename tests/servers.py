@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.conftest_server import export, write_checkpoint
 
@@ -30,10 +31,11 @@ def make_repository(root: Path) -> Repository:
 
 
 @contextmanager
-def running_server(repository: Path, auth_token: str | None = None) -> Iterator[str]:
-    """The HOST:PORT of a server on 127.0.0.1 serving `repository` until the block ends."""
+def running_server(repository: Path, **settings_overrides: Any) -> Iterator[str]:
+    """The HOST:PORT of a server on 127.0.0.1 serving `repository` until the block ends;
+    keyword arguments override Settings fields (auth_token, tls_cert, ...)."""
     from edgecnn.server import ServerThread, Settings
 
-    settings = Settings(repository=repository, host="127.0.0.1", port=0, metrics_port=None, device="cpu", auth_token=auth_token)
+    settings = Settings(repository=repository, host="127.0.0.1", port=0, metrics_port=None, device="cpu", **settings_overrides)
     with ServerThread(settings) as server:
         yield server.address

@@ -12,19 +12,32 @@ Dockerfile's ENTRYPOINT/CMD in a fresh virtualenv holding only the serving insta
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
+import os
+import queue
 import re
 import shlex
 import shutil
 import subprocess
+import sys
+import threading
+import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.request import urlopen
 
+import grpc
 import kubernetes_validate
+import numpy as np
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgecnn.protos import inference_pb2, inference_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -108,9 +121,7 @@ def healthcheck_command(path: Path) -> list[str]:
     return _exec_form(command)
 
 
-def serve_parser():
-    import argparse
-
+def serve_parser() -> argparse.ArgumentParser:
     from edgecnn.server import cmd_serve
 
     parser = argparse.ArgumentParser(prog="edgecnn serve", exit_on_error=False)
@@ -198,8 +209,6 @@ def dockerignore_keeps(ignore_file: Path, path: str) -> bool:
 
 
 def _package_dirs() -> list[str]:
-    import tomllib
-
     setuptools_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     return sorted(set(setuptools_cfg["package-dir"].values()))
 
@@ -332,7 +341,8 @@ def test_dashboard_panels():
             for e in latency
         ), q
     queue_compute = " ".join(panel("queue wait vs compute"))
-    assert "edgecnn_queue_wait_seconds_bucket" in queue_compute and "edgecnn_inference_duration_seconds_bucket" in queue_compute
+    assert "edgecnn_queue_wait_seconds_bucket" in queue_compute
+    assert "edgecnn_inference_duration_seconds_bucket" in queue_compute
     assert any("edgecnn_batch_size" in q for q in panel("batch size"))
     assert any("edgecnn_inflight_requests" in q for q in panel("in-flight"))
     per_model = " ".join(panel("parameters"))
@@ -472,7 +482,8 @@ def test_renderer_patch_semantics():
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
 @pytest.mark.parametrize("folder", ["base", *(f"overlays/{o}" for o in OVERLAYS)])
 def test_renderer_agrees_with_kubectl_kustomize(folder: str, rendered):
-    out = subprocess.run(["kubectl", "kustomize", str(K8S / folder)], capture_output=True, text=True, timeout=120, check=True)
+    argv = ["kubectl", "kustomize", str(K8S / folder)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True)
     real = {_ident(d): d for d in yaml.safe_load_all(out.stdout) if d}
     ours = {_ident(d): d for d in rendered[folder.split("/")[-1]]}
     assert real == ours
@@ -626,9 +637,6 @@ class ServedProcess:
         self.address, self.metrics_port = self._wait_announced(timeout=120)
 
     def _wait_announced(self, timeout: float) -> tuple[str, int | None]:
-        import queue
-        import threading
-
         lines: queue.Queue[str | None] = queue.Queue()
 
         def pump() -> None:
@@ -637,9 +645,6 @@ class ServedProcess:
             lines.put(None)
 
         threading.Thread(target=pump, daemon=True).start()
-        self._lines = lines
-        import time
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -667,12 +672,7 @@ class ServedProcess:
         return self.proc.returncode
 
 
-def model_infer(address: str, model: str, x) -> Any:
-    import grpc
-    import numpy as np
-
-    from edgecnn.protos import inference_pb2, inference_pb2_grpc
-
+def model_infer(address: str, model: str, x: np.ndarray) -> np.ndarray:
     request = inference_pb2.ModelInferRequest(model_name=model)
     request.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
     request.raw_input_contents.append(np.ascontiguousarray(x, dtype="<f4").tobytes())
@@ -685,10 +685,6 @@ def model_infer(address: str, model: str, x) -> Any:
 
 def scrape(metrics_port: int) -> dict[str, list[dict[str, str]]]:
     """Sample name -> label sets of its samples, from a real GET /metrics."""
-    from urllib.request import urlopen
-
-    from prometheus_client.parser import text_string_to_metric_families
-
     with urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
         text = reply.read().decode()
     samples: dict[str, list[dict[str, str]]] = {}
@@ -703,11 +699,13 @@ MODEL = "lenet5"
 
 @pytest.fixture(scope="module")
 def model_repository(tmp_path_factory, fashion_mnist_dir) -> Path:
-    from tests.conftest_server import export, write_checkpoint
+    """What a deployment mounts at /models: a fixed-seed LeNet-5 run, through the real exporter."""
+    from edgecnn.export.onnx_export import export_run
+    from tests.conftest_server import write_checkpoint
 
     root = tmp_path_factory.mktemp("deploy-models")
     run = write_checkpoint(root / "run", seed=0)
-    export(run, root / "repository", MODEL, 1, max_queue_delay_us=500, max_batch_size=8)
+    export_run(run, root / "repository", name=MODEL, version=1, verify=False)
     return root / "repository"
 
 
@@ -725,10 +723,6 @@ def _image_argv(command: list[str], repository: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def live_server(model_repository):
-    import sys
-
-    import numpy as np
-
     argv = [_edgecnn(Path(sys.executable).parent), *_image_argv(serve_command(DOCKERFILE), model_repository)[1:]]
     served = ServedProcess(argv + ["--device", "cpu"])
     x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
@@ -765,8 +759,6 @@ def test_dashboard_queries_match_a_real_scrape(live_server):
 
 
 def test_health_command_live_and_stopped(model_repository):
-    import sys
-
     exe = _edgecnn(Path(sys.executable).parent)
     served = ServedProcess([exe, "serve", "--repository", str(model_repository), "--host", "127.0.0.1",
                             "--port", "0", "--metrics-port", "-1", "--device", "cpu", "--grace", "1"])  # fmt: skip
@@ -788,16 +780,14 @@ def test_health_command_live_and_stopped(model_repository):
 
 def build_context(dockerfile: Path, dest: Path) -> Path:
     """Copy what `docker build` would send: the repository filtered by the Dockerfile's ignore file."""
-    import os
-
     ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")
     negated = [line.strip()[1:].strip("/") for line in ignore.read_text().splitlines() if line.strip().startswith("!")]
     for folder, dirs, files in os.walk(ROOT):
         rel = Path(folder).relative_to(ROOT)
+        kept = [(d, (rel / d).as_posix()) for d in dirs]
         dirs[:] = [
-            d for d in dirs
-            if dockerignore_keeps(ignore, (rel / d).as_posix()) or any(n.startswith(f"{(rel / d).as_posix()}/") for n in negated)
-        ]  # fmt: skip
+            d for d, path in kept if dockerignore_keeps(ignore, path) or any(n.startswith(f"{path}/") for n in negated)
+        ]
         for name in files:
             path = (rel / name).as_posix()
             if dockerignore_keeps(ignore, path):
@@ -809,9 +799,6 @@ def build_context(dockerfile: Path, dest: Path) -> Path:
 @pytest.fixture(scope="module")
 def serving_venv(tmp_path_factory) -> Path:
     """A clean virtualenv with the image's install: `pip install .` of the Docker build context."""
-    import sys
-    import time
-
     root = tmp_path_factory.mktemp("serving-venv")
     context = build_context(DOCKERFILE, root / "context")
     venv = root / "venv"
@@ -825,28 +812,25 @@ def serving_venv(tmp_path_factory) -> Path:
 
 
 def test_image_command_serves_from_a_serving_only_install(serving_venv, model_repository):
-    import numpy as np
+    from tests.conftest_server import reference_logits
 
     bin_dir = serving_venv / "bin"
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "HOME": str(serving_venv)}
-    no_torch = subprocess.run([str(bin_dir / "python"), "-c", "import torch"], capture_output=True, text=True, env=env, timeout=60)
+    run = {"capture_output": True, "text": True, "env": env, "cwd": serving_venv, "timeout": 60}
+    no_torch = subprocess.run([str(bin_dir / "python"), "-c", "import torch"], **run)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr, no_torch
 
     # As the image runs it: ENTRYPOINT + CMD resolved through PATH, /models and ports swapped.
     served = ServedProcess(_image_argv(serve_command(DOCKERFILE), model_repository), env=env, cwd=serving_venv)
     try:
         healthcheck = [served.address if w == f"127.0.0.1:{GRPC_PORT}" else w for w in healthcheck_command(DOCKERFILE)]
-        done = subprocess.run(healthcheck, capture_output=True, text=True, env=env, timeout=60)
+        done = subprocess.run(healthcheck, **run)
         assert done.returncode == 0 and done.stdout.strip().endswith(": SERVING"), done
         x = np.random.default_rng(1).random((2, 1, 28, 28), dtype=np.float32)
-        from tests.conftest_server import reference_logits
-
         expected = reference_logits(model_repository / MODEL / "1" / "model.onnx", x)
         np.testing.assert_allclose(model_infer(served.address, MODEL, x), expected, rtol=1e-4, atol=1e-5)
-        loaded = subprocess.run(
-            [str(bin_dir / "python"), "-c", "import sys, edgecnn.server, edgecnn.client.health; print('torch' in sys.modules)"],
-            capture_output=True, text=True, env=env, timeout=60,
-        )  # fmt: skip
+        probe = "import sys, edgecnn.server, edgecnn.client.health; print('torch' in sys.modules)"
+        loaded = subprocess.run([str(bin_dir / "python"), "-c", probe], **run)
         assert loaded.stdout.strip() == "False", loaded
     finally:
         assert served.stop() == 0, "".join(served.output)

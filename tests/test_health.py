@@ -31,7 +31,9 @@ class _AuthInterceptor(grpc.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(deny)
 
 
-def _start(credentials: grpc.ServerCredentials | None = None, interceptors=()) -> tuple[grpc.Server, str, health.HealthServicer]:
+def _start(
+    credentials: grpc.ServerCredentials | None = None, interceptors: tuple = ()
+) -> tuple[grpc.Server, str, health.HealthServicer]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=list(interceptors))
     servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)

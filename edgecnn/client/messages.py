@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecnn.protos import classifier_pb2, inference_pb2
+from edgecnn.repository import INPUT_NAME
 
 FP32 = "FP32"
-INPUT_NAME = "input"
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 CLASSIFY_METHOD = "/edgecnn.v1.Classifier/Classify"
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edgecnn.client.client import ClientError
 from edgecnn.client.health import parse_server, read_token
+from edgecnn.client.messages import INPUT_NAME
 
 from .plot import PlotUnavailable, plot_latency
 from .report import build_report, format_table, saturation_warnings, write_csv, write_json
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         target = Target(args.server, args.model, args.version, args.api, args.tls_ca, token, args.timeout)
         duration = 5.0 if args.duration is None and args.requests is None else args.duration
         if args.input_shape is not None:
-            input_name, shape = "input", args.input_shape
+            input_name, shape = INPUT_NAME, args.input_shape
         else:
             input_name, shape = model_input(target)
         payloads = make_payloads(target, input_name, shape, args.batch_size, seed=args.seed)

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import dataclass
 from collections.abc import Sequence
 from time import perf_counter
 
 from .calls import Call, Recorder, send
+
+
+@dataclass(frozen=True)
+class OpenLoopCounts:
+    scheduled: int  # arrivals scheduled in the measured window
+    sent_on_time: int  # of those, sent before the window closed (a lagging client sends fewer)
+    window_s: float  # the measured window: up to the duration's end or the last arrival
 
 
 async def open_loop(
@@ -26,14 +34,14 @@ async def open_loop(
     timeout_s: float,
     metadata: Sequence[tuple[str, str]],
     seed: int,
-) -> int:
-    """Send until `measure_end` or `max_requests` measured arrivals; returns how many
-    arrivals were scheduled in the measured window."""
+) -> OpenLoopCounts:
+    """Send until `measure_end` or `max_requests` measured arrivals."""
     if rate <= 0:
         raise ValueError(f"rate {rate}: expected a positive number of requests per second")
     rng = random.Random(seed)
     in_flight: set[asyncio.Task] = set()
-    scheduled = 0
+    scheduled = sent_on_time = 0
+    last_arrival = recorder.measure_start
     k = 0
 
     async def one(at: float, payload: bytes) -> None:
@@ -47,14 +55,18 @@ async def open_loop(
         measured = at >= recorder.measure_start
         if max_requests is not None and measured and scheduled >= max_requests:
             break
-        scheduled += measured
         delay = at - perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        if measured:
+            scheduled += 1
+            last_arrival = at
+            sent_on_time += measure_end is None or perf_counter() < measure_end
         task = asyncio.create_task(one(at, payloads[k % len(payloads)]))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
         k += 1
     if in_flight:
         await asyncio.gather(*in_flight)
-    return scheduled
+    window_s = (measure_end if measure_end is not None else last_arrival) - recorder.measure_start
+    return OpenLoopCounts(scheduled, sent_on_time, window_s)

@@ -42,7 +42,11 @@ class WorkerResult:
     elapsed_s: float  # from the start of measurement to the last measured completion
     cpu_s: float
     wall_s: float
-    scheduled: int = 0  # open loop: arrivals scheduled in the measured window
+    # Open loop only: arrivals scheduled in the measured window, how many of them left on
+    # time (before the window closed), and the window's length.
+    scheduled: int = 0
+    sent_on_time: int = 0
+    window_s: float = 0.0
 
     @property
     def cpu_share(self) -> float:
@@ -123,7 +127,11 @@ class StepResult:
             "histogram": self.histogram.encode().decode("ascii"),
         }
         if self.mode == "open":
+            window = max((w.window_s for w in self.workers), default=0.0)
             scheduled = sum(w.scheduled for w in self.workers)
+            sent = sum(w.sent_on_time for w in self.workers)
+            result["window_s"] = round(window, 4)
             result["scheduled"] = scheduled
-            result["scheduled_per_s"] = round(scheduled / self.elapsed_s, 2) if self.elapsed_s > 0 else 0.0
+            result["scheduled_per_s"] = round(scheduled / window, 2) if window > 0 else 0.0
+            result["sent_per_s"] = round(sent / window, 2) if window > 0 else 0.0
         return result

@@ -73,13 +73,13 @@ async def _run(spec: WorkerSpec, slots: Slots, index: int) -> WorkerResult:
         start = perf_counter()
         recorder = Recorder(start + spec.warmup_s, slots.setter(index))
         measure_end = recorder.measure_start + spec.duration_s if spec.duration_s is not None else None
-        scheduled = 0
+        counts = None
         if spec.mode == "closed":
             await closed_loop(
                 call, spec.payloads, spec.concurrency, recorder, measure_end, spec.requests, target.timeout_s, target.metadata
             )
         else:
-            scheduled = await open_loop(
+            counts = await open_loop(
                 call, spec.payloads, spec.rate, start, recorder, measure_end, spec.requests,
                 target.timeout_s, target.metadata, spec.seed,
             )  # fmt: skip
@@ -91,7 +91,9 @@ async def _run(spec: WorkerSpec, slots: Slots, index: int) -> WorkerResult:
         elapsed_s=recorder.elapsed_s,
         cpu_s=cpu_s,
         wall_s=wall_s,
-        scheduled=scheduled,
+        scheduled=counts.scheduled if counts else 0,
+        sent_on_time=counts.sent_on_time if counts else 0,
+        window_s=counts.window_s if counts else 0.0,
     )
 
 
