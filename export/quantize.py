@@ -17,6 +17,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.transformers.float16 import convert_float_to_float16
+from onnxruntime.transformers.onnx_model import OnnxModel
 
 from edgecnn.repository import INPUT_NAME
 
@@ -67,4 +68,7 @@ def quantize_int8(model: onnx.ModelProto, calibration_images: np.ndarray, batch_
 
 def convert_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """FP16 weights and compute; Cast nodes at the edges keep the float32 input and output."""
-    return convert_float_to_float16(model, keep_io_types=True)
+    converted = convert_float_to_float16(model, keep_io_types=True)
+    # the converter appends the input Casts at the end of the node list; ONNX wants topological order
+    OnnxModel.graph_topological_sort(converted.graph, is_deterministic=True)
+    return converted

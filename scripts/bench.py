@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without an install too
 
 from edgecnn.loadtest.stats import new_histogram, record_seconds  # noqa: E402
+from machine import cpu_model, memory_gib  # noqa: E402  (scripts/machine.py)
 
 MODELS = ("lenet5", "cifar-cnn", "mobilenet-v2")
 SERVERS = {
@@ -250,13 +251,11 @@ def machine() -> dict:
     import grpc
     import onnxruntime
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
-    mem_kb = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), 0)
     from edgecnn import __version__
 
     return {
-        "cpu": cpu, "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
-        "ram_gib": round(mem_kb / 2**20, 1), "os": platform.platform(), "python": platform.python_version(),
+        "cpu": cpu_model(), "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
+        "ram_gib": round(memory_gib() or 0.0, 1), "os": platform.platform(), "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__, "grpcio": grpc.__version__, "numpy": np.__version__,
         "edgecnn": __version__, "gpu": _first_line(["nvidia-smi", "-L"]) or "none",
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
