@@ -11,7 +11,7 @@ from edgecnn.export.checks import CheckError
 from edgecnn.export.cli_args import add_verification_args, test_images_from, thresholds_from
 from edgecnn.export.onnx_export import DEFAULT_CALIBRATION_IMAGES, DEFAULT_OPSET, ExportError, export_run
 from edgecnn.export.quantize import QUANTIZATIONS
-from edgecnn.export.verify import format_report
+from edgecnn.export.verify import VerificationError, format_report
 from edgecnn.repository import RepositoryError
 
 
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
             test_images=test_images_from(args), thresholds=thresholds_from(args),
             calibration_images=args.calibration_images, max_batch_size=args.max_batch_size,
         )
-    except (ExportError, CheckError, RepositoryError, FileNotFoundError, ValueError) as exc:
+    except (ExportError, CheckError, VerificationError, RepositoryError, FileNotFoundError, ValueError) as exc:
         print(f"edgecnn export: {exc}", file=sys.stderr)
         return 1
     print(f"exported {result.onnx_path} ({result.onnx_path.stat().st_size:,} bytes)")

@@ -124,7 +124,7 @@ def build_variant(
     raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, not {quantize!r}")
 
 
-def _check_compatible(model_dir: Path, name: str, input_shape: list[int], num_classes: int) -> None:
+def _check_compatible(model_dir: Path, input_shape: list[int], num_classes: int) -> None:
     if not (model_dir / CONFIG_NAME).is_file():
         return
     config = read_config(model_dir)
@@ -176,7 +176,7 @@ def export_run(
         raise ExportError(f"{model_dir / str(version)} already exists; pick another --version or leave it out")
     input_shape = [int(v) for v in meta["input_shape"]]
     classes = list(meta["classes"])
-    _check_compatible(model_dir, name, input_shape, len(classes))
+    _check_compatible(model_dir, input_shape, len(classes))
     data_dir = str(data_dir) if data_dir is not None else run_data_dir(checkpoint.parent)
 
     log.info("converting %s (%s) to ONNX", checkpoint, meta["model"])
@@ -215,8 +215,9 @@ def export_run(
             os.rename(staged_model_dir, model_dir)  # atomic; fails if another export created it meanwhile
         else:
             os.rename(staged_version, model_dir / str(version))
-            if (model_dir / CONFIG_NAME).read_text() != config_text:
-                _write_text_atomic(model_dir / CONFIG_NAME, config_text)
+            config_path = model_dir / CONFIG_NAME
+            if not config_path.is_file() or config_path.read_text() != config_text:
+                _write_text_atomic(config_path, config_text)
             write_labels(staged_model_dir, classes)
             (staged_model_dir / LABELS_NAME).replace(model_dir / LABELS_NAME)
     except BaseException:

@@ -103,8 +103,8 @@ def main() -> int:
         run(EDGECNN, "classify", "--server", server, "--model", "lenet5", "--top-k", "1", *map(str, paths))
 
         step("5. A 5-second load test")
-        run(EDGECNN, "loadtest", "--server", server, "--model", "lenet5", "--concurrency", "1,8",
-            "--duration", "2.5", "--warmup", "0.5", "--out", str(out / "loadtest.json"),
+        run(EDGECNN, "loadtest", "--server", server, "--model", "lenet5", "--concurrency", "8",
+            "--duration", "5", "--warmup", "0.5", "--out", str(out / "loadtest.json"),
             "--csv", str(out / "loadtest.csv"), "--plot", str(out / "loadtest.png"))
     finally:
         step("6. Stop the server (SIGTERM: drain, then exit)")

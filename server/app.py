@@ -70,7 +70,9 @@ class InferenceServer:
         self.state = ServerState(self.metrics)
         self.port: int | None = None
         self.metrics_port: int | None = None
-        self._executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="edgecnn-ort")
+        # ONNX Runtime calls that can run at once; each batcher keeps up to this many batches in flight.
+        self._workers = max(2, os.cpu_count() or 1)
+        self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="edgecnn-ort")
         self._server: grpc.aio.Server | None = None
         self._health: Health | None = None
         self._stopped = asyncio.Event()
@@ -119,8 +121,7 @@ class InferenceServer:
         registry = await asyncio.get_running_loop().run_in_executor(self._executor, load)
         self.state.registry = registry
         for mv in registry.all():
-            batcher = Batcher(mv, self._executor, self.metrics.add_model(mv), s.max_queue)
-            batcher.start()
+            batcher = Batcher(mv, self._executor, self.metrics.add_model(mv), s.max_queue, self._workers)
             self.state.batchers[(mv.name, mv.version)] = batcher
         used = sorted({mv.provider for mv in registry.all()})
         log.info("execution provider: %s (asked for --device %s)", ", ".join(used), s.device)

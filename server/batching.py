@@ -1,23 +1,28 @@
 """Dynamic batching per model version.
 
-Concurrent requests are queued, gathered until the batch holds max_batch_size rows or the
-oldest request has waited max_queue_delay, concatenated, run in ONE ONNX Runtime call on an
-executor thread, and the logits are scattered back in order. A request is never split across
-batches. With batching off (max batch <= 1 or no delay) every request is its own ONNX Runtime
-call: the lean path.
+Queued requests run as batches: concatenated, one ONNX Runtime call on an executor thread,
+logits scattered back in order; a request is never split across batches. Up to `slots` batches
+(the executor's workers: the ORT calls that can run at once) are in flight. Policy, as Nagle's
+algorithm does for packets: a free slot takes what is pending (up to max_batch_size rows) at
+once when no batch is running (waiting would only idle the server, so a lone request is never
+delayed), when the rows fill a batch, or when the oldest request has waited max_queue_delay.
+While another batch runs, a free slot waits for more rows up to that delay or until the running
+batches finish; requests arriving while every slot is busy accumulate into larger batches.
+With batching off (max batch <= 1 or no delay) every request is its own ONNX Runtime call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 from concurrent.futures import Executor
 from time import perf_counter
 
 import numpy as np
 
-from .errors import QueueFull
+from .errors import QueueFull, Unavailable
 from .metrics import ModelMetrics
 from .runtime import ModelVersion
 
@@ -34,7 +39,9 @@ class _Item:
 
 
 class Batcher:
-    def __init__(self, mv: ModelVersion, executor: Executor, metrics: ModelMetrics, max_queue: int) -> None:
+    """Runs a model version's requests; every method but _timed_compute runs on the event loop."""
+
+    def __init__(self, mv: ModelVersion, executor: Executor, metrics: ModelMetrics, max_queue: int, slots: int) -> None:
         self.mv = mv
         self._executor = executor
         self._metrics = metrics
@@ -42,32 +49,27 @@ class Batcher:
         self.max_batch = mv.max_batch_size
         self.delay_s = mv.max_queue_delay_us / 1e6
         self.batching = self.max_batch > 1 and self.delay_s > 0
+        self.slots = max(1, slots)
         self._pending: collections.deque[_Item] = collections.deque()
         self._pending_rows = 0
-        self._wakeup = asyncio.Event()
+        self._running = 0  # batches in flight
+        self._scheduled = False  # a dispatch is queued on the loop (gathers same-tick arrivals)
+        self._timer: asyncio.TimerHandle | None = None
+        self._flush = False  # stopping: dispatch without waiting
         self._waiting = 0  # requests queued or running, for the off path's queue bound
-        self._worker: asyncio.Task | None = None
         self._queue_full = (
             f"model {mv.name!r} version {mv.version}: queue full ({max_queue} requests waiting); retry later"
         )
 
-    def start(self) -> None:
-        if self.batching and self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._run_batches(), name=f"batcher-{self.mv.name}")
-
     async def stop(self) -> None:
-        """Finish what is queued, then stop the worker."""
-        if self._worker is None:
-            return
-        while self._pending:
-            self._wakeup.set()
+        """Run what is queued without waiting for fuller batches; return when every batch is done."""
+        self._flush = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._dispatch()
+        while self._pending or self._running:
             await asyncio.sleep(0.001)
-        self._worker.cancel()
-        try:
-            await self._worker
-        except asyncio.CancelledError:
-            pass
-        self._worker = None
 
     async def infer(self, x: np.ndarray) -> np.ndarray:
         """Logits for x: float32 (N, C, H, W), N within the model's max batch size."""
@@ -80,7 +82,9 @@ class Batcher:
         self._pending.append(item)
         self._pending_rows += len(x)
         self._metrics.queue_depth.inc()
-        self._wakeup.set()
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._dispatch)
         return await item.future
 
     async def _infer_direct(self, x: np.ndarray) -> np.ndarray:
@@ -96,19 +100,21 @@ class Batcher:
         self._metrics.queue_wait.observe(perf_counter() - enqueued)
         return self._timed_compute(x)
 
-    async def _gather(self) -> None:
-        """Wait until a batch is full or its oldest request has waited the max delay."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.delay_s - (perf_counter() - self._pending[0].enqueued)
-        while self._pending_rows < self.max_batch:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                return
+    def _dispatch(self) -> None:
+        """Start batches on free slots as the policy in the module docstring allows."""
+        self._scheduled = False
+        while self._pending and self._running < self.slots:
+            if self._running and not self._flush and self._pending_rows < self.max_batch:
+                wait = self._pending[0].enqueued + self.delay_s - perf_counter()
+                if wait > 0:
+                    if self._timer is None:
+                        self._timer = asyncio.get_running_loop().call_later(wait, self._on_timer)
+                    return
+            self._start_batch()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
 
     def _take_batch(self) -> list[_Item]:
         batch: list[_Item] = []
@@ -127,34 +133,44 @@ class Batcher:
             rows += n
         return batch
 
-    async def _run_batches(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            while not self._pending:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            await self._gather()
-            batch = self._take_batch()
-            if not batch:
-                continue
-            start = perf_counter()
-            for item in batch:
-                self._metrics.queue_wait.observe(start - item.enqueued)
-            x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
-            try:
-                out = await loop.run_in_executor(self._executor, self._timed_compute, x)
-            except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
-                log.exception("%s v%d: batch of %d rows failed", self.mv.name, self.mv.version, len(x))
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
+    def _start_batch(self) -> None:
+        batch = self._take_batch()
+        if not batch:
+            return
+        start = perf_counter()
+        for item in batch:
+            self._metrics.queue_wait.observe(start - item.enqueued)
+        x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
+        try:
+            done = asyncio.get_running_loop().run_in_executor(self._executor, self._timed_compute, x)
+        except RuntimeError as exc:  # the executor is shut down
+            self._fail(batch, Unavailable(f"model {self.mv.name!r} is shutting down: {exc}"))
+            return
+        self._running += 1
+        done.add_done_callback(functools.partial(self._finish, batch))
+
+    def _finish(self, batch: list[_Item], done: asyncio.Future) -> None:
+        self._running -= 1
+        if done.cancelled():
+            self._fail(batch, Unavailable(f"model {self.mv.name!r} is shutting down"))
+        elif (exc := done.exception()) is not None:
+            log.error("%s v%d: batch of %d requests failed", self.mv.name, self.mv.version, len(batch), exc_info=exc)
+            self._fail(batch, exc)
+        else:
+            out = done.result()
             offset = 0
             for item in batch:
                 n = len(item.x)
                 if not item.future.done():
                     item.future.set_result(out[offset : offset + n])
                 offset += n
+        self._dispatch()
+
+    @staticmethod
+    def _fail(batch: list[_Item], exc: BaseException) -> None:
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(exc)
 
     def _timed_compute(self, x: np.ndarray) -> np.ndarray:
         start = perf_counter()

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from edgecnn.training.checkpoint import save_checkpoint
-from edgecnn.training.datasets import get_info
-from edgecnn.training.models import build_model, count_parameters
+from edgecnn.export import untrained
+from edgecnn.training.checkpoint import load_checkpoint, save_checkpoint
 
 # The dataset each architecture is exported for in the tests.
 DATASET_FOR = {
@@ -21,42 +21,40 @@ DATASET_FOR = {
 }
 
 
-def fixed_seed_run(run_dir: Path, model_name: str, dataset: str | None = None, seed: int = 0,
-                   data_dir: Path | None = None, width_mult: float | None = None) -> Path:
-    """A training run dir holding an untrained fixed-seed checkpoint (and metrics.json with data_dir)."""
+def fixed_seed_run(run_dir: Path, model_name: str, dataset: str | None = None, data_dir: Path | None = None) -> Path:
+    """An untrained fixed-seed run dir, with a metrics.json recording data_dir as `edgecnn train` does."""
     dataset = dataset or DATASET_FOR[model_name]
-    info = get_info(dataset)
-    kwargs: dict = {"num_classes": len(info.classes)}
-    if model_name in ("lenet5", "cifar-cnn", "mobilenet-v2"):
-        kwargs["in_channels"] = info.shape[0]
-    if width_mult is not None:
-        kwargs["width_mult"] = width_mult
-    torch.manual_seed(seed)
-    model = build_model(model_name, **kwargs).eval()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "model": model_name,
-        "model_kwargs": kwargs,
-        "input_shape": list(info.shape),
-        "dataset": dataset,
-        "classes": list(info.classes),
-        "mean": list(info.mean),
-        "std": list(info.std),
-        "params": count_parameters(model),
-        "test_accuracy": 0.1,
-        "seed": seed,
-        "torch_version": str(torch.__version__),
-    }
-    save_checkpoint(run_dir / "model.pt", model, meta)
-    metrics = {"model": model_name, "dataset": dataset, "config": {"data_dir": str(data_dir) if data_dir else None}}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    untrained.fixed_seed_run(run_dir, model_name, dataset)
+    model, meta = load_checkpoint(run_dir)
+    if _randomize_batch_norm(model, meta["input_shape"]):
+        save_checkpoint(run_dir / "model.pt", model, meta)
+    config = {"data_dir": str(data_dir) if data_dir else None}
+    (run_dir / "metrics.json").write_text(json.dumps({"model": model_name, "dataset": dataset, "config": config}))
     return run_dir
+
+
+def _randomize_batch_norm(model: nn.Module, input_shape: list[int]) -> bool:
+    """Give BatchNorm layers non-trivial affine weights and statistics measured on random inputs,
+    so the exporter's BN folding is really tested (a fresh MobileNetV2 has logits near 1e-9)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for bn in norms:
+            bn.weight.copy_(0.5 + torch.rand(bn.num_features, generator=g))
+            bn.bias.copy_(0.1 * torch.randn(bn.num_features, generator=g))
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over the batches below
+        model.train()
+        for _ in range(2):
+            model(torch.randn((32, *input_shape), generator=g))
+        model.eval()
+        for bn in norms:
+            bn.momentum = 0.1
+    return bool(norms)
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
     """Every path under root (folders as None, files with their bytes); {} when root is absent."""
     if not root.exists():
         return {}
-    return {
-        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))
-    }
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}

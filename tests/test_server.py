@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 
 import grpc
@@ -103,6 +104,29 @@ def scrape(server) -> dict:
 
 def sample(samples: dict, name: str, **labels) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def wait_until(condition, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+class Gate:
+    """Holds a model version's ONNX Runtime calls until .open is set; .started: one is held."""
+
+    def __init__(self, mv, monkeypatch) -> None:
+        self.started = threading.Event()
+        self.open = threading.Event()
+        run = mv.run
+
+        def held_run(x: np.ndarray) -> np.ndarray:
+            self.started.set()
+            self.open.wait(TIMEOUT)
+            return run(x)
+
+        monkeypatch.setattr(mv, "run", held_run)
 
 
 # --- Open Inference Protocol through tritonclient -------------------------------------------
@@ -254,31 +278,70 @@ def test_classify_errors(classifier_stub, fashion):
     assert info.value.code() == grpc.StatusCode.NOT_FOUND and "expected one of: 1, 2" in info.value.details()
 
 
-def test_deadline_is_honoured(infer_stub, fashion):
-    request = infer_request("lenet5-batched", fashion["x"][:1])
-    with pytest.raises(grpc.RpcError) as info:
-        infer_stub.ModelInfer(request, timeout=BATCHED_DELAY_US / 1e6 / 5)
-    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert infer_stub.ModelInfer(request, timeout=TIMEOUT).outputs
+def test_deadline_is_honoured(server, infer_stub, fashion, monkeypatch):
+    batcher = server.server.state.batchers[("lenet5-batched", 1)]
+    gate = Gate(batcher.mv, monkeypatch)
+    before = scrape(server)
+    try:
+        blocker = infer_stub.ModelInfer.future(infer_request("lenet5-batched", fashion["x"][:1]), timeout=TIMEOUT)
+        assert gate.started.wait(TIMEOUT)
+        # A batch is running, so this request waits (up to the 100 ms delay) for company: its deadline passes first.
+        with pytest.raises(grpc.RpcError) as info:
+            infer_stub.ModelInfer(infer_request("lenet5-batched", fashion["x"][1:3]), timeout=BATCHED_DELAY_US / 1e6 / 5)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        expired = {"model": "lenet5-batched", "version": "1", "api": "ModelInfer", "code": "DEADLINE_EXCEEDED"}
+        seen = sample(before, "edgecnn_requests_total", **expired)
+        wait_until(lambda: sample(scrape(server), "edgecnn_requests_total", **expired) > seen, "the server to see the deadline pass")
+    finally:
+        gate.open.set()
+    assert blocker.result().outputs
+    after = scrape(server)
+    labels = {"model": "lenet5-batched", "version": "1"}
+    # The expired request was dropped from the queue, never computed.
+    assert sample(after, "edgecnn_batch_size_sum", **labels) - sample(before, "edgecnn_batch_size_sum", **labels) == 1
+    assert sample(after, "edgecnn_queue_depth", **labels) == 0
+    assert infer_stub.ModelInfer(infer_request("lenet5-batched", fashion["x"][:1]), timeout=TIMEOUT).outputs
 
 
 # --- batching and metrics --------------------------------------------------------------------
 
 
-def test_concurrent_requests_are_batched_with_unchanged_results(server, infer_stub, repository, fashion):
+def test_concurrent_requests_are_batched_with_unchanged_results(server, infer_stub, repository, fashion, monkeypatch):
+    gate = Gate(server.server.state.batchers[("lenet5-batched", 1)].mv, monkeypatch)
     before = scrape(server)
     xs = [fashion["x"][i : i + 1 + i % 3] for i in range(12)]
-    futures = [infer_stub.ModelInfer.future(infer_request("lenet5-batched", x), timeout=TIMEOUT) for x in xs]
+    try:
+        futures = [infer_stub.ModelInfer.future(infer_request("lenet5-batched", x), timeout=TIMEOUT) for x in xs]
+        # Hold the first batch until every request has arrived: those that came while it ran must share batches.
+        wait_until(lambda: sample(scrape(server), "edgecnn_inflight_requests") >= len(xs), "all requests in the server")
+    finally:
+        gate.open.set()
     results = [logits_of(f.result()) for f in futures]
     for x, got in zip(xs, results):
         np.testing.assert_allclose(got, reference_logits(repository["batched"], x), rtol=1e-5, atol=1e-6)
     after = scrape(server)
     labels = {"model": "lenet5-batched", "version": "1"}
-    calls = sample(after, "edgecnn_batch_size_count", **labels) - sample(before, "edgecnn_batch_size_count", **labels)
-    rows = sample(after, "edgecnn_batch_size_sum", **labels) - sample(before, "edgecnn_batch_size_sum", **labels)
-    assert rows == sum(len(x) for x in xs)
+
+    def delta(name: str, **extra) -> float:
+        return sample(after, name, **labels, **extra) - sample(before, name, **labels, **extra)
+
+    calls = delta("edgecnn_batch_size_count")
+    assert delta("edgecnn_batch_size_sum") == sum(len(x) for x in xs)
     assert calls < len(xs), f"{len(xs)} concurrent requests took {calls} ONNX Runtime calls: not batched"
-    assert sample(after, "edgecnn_batch_size_bucket", le="1.0", **labels) < calls or calls == 1
+    assert delta("edgecnn_batch_size_bucket", le="4.0") < calls, "no batch of more than 4 rows"
+
+
+def test_lone_request_is_not_delayed(server, infer_stub, fashion):
+    """With no other batch running, waiting for company cannot help: a request runs at once."""
+    labels = {"model": "lenet5-batched", "version": "1"}
+    before = scrape(server)
+    for i in range(5):
+        infer_stub.ModelInfer(infer_request("lenet5-batched", fashion["x"][i : i + 1]), timeout=TIMEOUT)
+    after = scrape(server)
+    waits = sample(after, "edgecnn_queue_wait_seconds_sum", **labels) - sample(before, "edgecnn_queue_wait_seconds_sum", **labels)
+    assert sample(after, "edgecnn_batch_size_count", **labels) - sample(before, "edgecnn_batch_size_count", **labels) == 5
+    # The old batcher held each one for the full delay (5 x 100 ms); together they now wait less than one delay.
+    assert waits < BATCHED_DELAY_US / 1e6, f"5 lone requests waited {waits:.3f} s in the queue"
 
 
 def test_metrics_scrape(server, infer_stub, fashion):
@@ -360,24 +423,26 @@ def test_not_serving_while_loading(repository, monkeypatch):
         running.stop()
 
 
-def test_queue_full_is_resource_exhausted(repository, fashion):
+def test_queue_full_is_resource_exhausted(repository, fashion, monkeypatch):
     settings = Settings(
         repository=repository["dir"], host="127.0.0.1", port=0, metrics_port=None, device="cpu",
         max_queue=1, max_queue_delay_us=300_000, max_batch_size=64,
     )
     with ServerThread(settings) as running, grpc.insecure_channel(running.address) as ch:
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(ch)
-        request = infer_request("lenet5", fashion["x"][:1])
-        futures = [stub.ModelInfer.future(request, timeout=TIMEOUT) for _ in range(4)]
-        codes = []
-        for f in futures:
-            try:
-                f.result()
-                codes.append(grpc.StatusCode.OK)
-            except grpc.RpcError as exc:
-                codes.append(exc.code())
-                assert "queue full" in exc.details()
+        request = infer_request("lenet5", fashion["x"][:1], version="1")
+        gate = Gate(running.server.state.batchers[("lenet5", 1)].mv, monkeypatch)
+        try:
+            futures = [stub.ModelInfer.future(request, timeout=TIMEOUT)]
+            assert gate.started.wait(TIMEOUT)
+            # The first batch is held: the next request waits in the queue and fills it.
+            futures += [stub.ModelInfer.future(request, timeout=TIMEOUT) for _ in range(3)]
+            wait_until(lambda: any(f.done() for f in futures), "a request to be refused")
+        finally:
+            gate.open.set()
+        codes = [grpc.StatusCode.OK if f.exception() is None else f.exception().code() for f in futures]
         assert grpc.StatusCode.OK in codes and grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
+        assert all("queue full" in f.exception().details() for f in futures if f.exception() is not None)
         assert stub.ModelInfer(request, timeout=TIMEOUT).outputs
 
 

@@ -20,7 +20,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from edgecnn.protos import inference_pb2, inference_pb2_grpc
 from tests.conftest_server import export, write_checkpoint
 
-DELAY_US = 1_000_000  # requests sit in the batch queue long enough to be in flight at SIGTERM
+DELAY_US = 1_000_000  # requests that arrive while a batch runs wait in the queue for it to finish
+# `edgecnn serve` whose ONNX Runtime calls take 0.5 s more, so requests are surely in flight at SIGTERM
+# (a lone request is never held back by the batch delay).
+SLOW_SERVE = """
+import sys, time
+from edgecnn.server.runtime import ModelVersion
+run = ModelVersion.run
+def slow_run(self, batch):
+    time.sleep(0.5)
+    return run(self, batch)
+ModelVersion.run = slow_run
+from edgecnn.cli import main
+sys.exit(main())
+"""
 READY_LINE = re.compile(r"edgecnn serving on (\S+):(\d+) \(metrics :(\d+)\)")
 
 
@@ -32,9 +45,7 @@ def repository(tmp_path_factory) -> Path:
 
 
 def _serve_command(repository: Path) -> list[str]:
-    script = Path(sys.executable).parent / "edgecnn"
-    base = [str(script)] if script.exists() else [sys.executable, "-m", "edgecnn.cli"]
-    return [*base, "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--device", "cpu", "--grace", "20"]
+    return [sys.executable, "-c", SLOW_SERVE, "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--device", "cpu", "--grace", "20"]
 
 
 def _wait_for_ready_line(proc: subprocess.Popen, timeout: float) -> re.Match:
