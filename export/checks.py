@@ -33,10 +33,14 @@ def _expect_io(value: onnx.ValueInfoProto, name: str, tail: list[int]) -> None:
 def check_onnx(
     model: onnx.ModelProto,
     input_shape: Sequence[int],
-    num_outputs: int,
+    output_shape: int | Sequence[int],
     output_name: str = OUTPUT_NAME,
 ) -> None:
-    """onnx.checker (full_check), strict shape inference, the I/O contract, and an ORT run at two batch sizes."""
+    """onnx.checker (full_check), strict shape inference, the I/O contract, and an ORT run at two batch sizes.
+
+    output_shape is the output's shape after the batch dim: the class count for a classifier.
+    """
+    tail = [output_shape] if isinstance(output_shape, int) else [int(d) for d in output_shape]
     try:
         onnx.checker.check_model(model, full_check=True)
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
@@ -47,7 +51,7 @@ def check_onnx(
             f"expected one input and one output, got {len(inferred.graph.input)} and {len(inferred.graph.output)}"
         )
     _expect_io(inferred.graph.input[0], INPUT_NAME, list(input_shape))
-    _expect_io(inferred.graph.output[0], output_name, [num_outputs])
+    _expect_io(inferred.graph.output[0], output_name, tail)
 
     try:
         session = make_session(model.SerializeToString())
@@ -57,7 +61,7 @@ def check_onnx(
     for batch in (1, 3):
         x = rng.standard_normal((batch, *input_shape), dtype=np.float32)
         (out,) = session.run([output_name], {INPUT_NAME: x})
-        if out.shape != (batch, num_outputs):
-            raise CheckError(f"ONNX Runtime returned shape {out.shape} for batch {batch}, expected {(batch, num_outputs)}")
+        if out.shape != (batch, *tail):
+            raise CheckError(f"ONNX Runtime returned shape {out.shape} for batch {batch}, expected {(batch, *tail)}")
         if not np.all(np.isfinite(out)):
             raise CheckError(f"ONNX Runtime returned non-finite values for batch {batch}")

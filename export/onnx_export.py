@@ -1,7 +1,10 @@
 """Export a training run into a model repository, atomically and only when it verifies.
 
-The version is built in a staging folder inside the repository (same filesystem) and renamed
-into place at the end; any failure before that leaves the repository exactly as it was.
+The version is built in a staging folder inside the repository (same filesystem). Everything is
+converted, checked, verified and validated first; the one change to the repository is the final
+rename of the staged version (or, for a new model, of the staged model folder with its
+config.pbtxt and labels.txt). Any failure before it leaves the repository exactly as it was, and
+a new version never rewrites what older versions share (config.pbtxt, labels.txt).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from edgecnn.export.checks import check_onnx
 from edgecnn.export.data import dataset_images, random_inputs, run_data_dir
 from edgecnn.export.metadata import CALIBRATION_KEY, build_metadata, set_metadata
 from edgecnn.export.quantize import QUANTIZATIONS, convert_fp16, quantize_int8
+from edgecnn.export.source import load_source
 from edgecnn.export.verify import (
     DEFAULT_SAMPLES,
     DEFAULT_TEST_IMAGES,
@@ -45,9 +49,11 @@ from edgecnn.repository import (
     config_to_text,
     next_version,
     read_config,
+    read_labels,
     write_labels,
 )
-from edgecnn.training.checkpoint import CHECKPOINT_NAME, file_sha256, load_checkpoint
+from edgecnn.protos.model_config_pb2 import ModelConfig
+from edgecnn.training.checkpoint import CHECKPOINT_NAME, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -77,29 +83,52 @@ def to_onnx(
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be >= {MIN_OPSET}, not {opset}")
     example = torch.randn((2, *input_shape), generator=torch.Generator().manual_seed(0))
-    program = torch.onnx.export(
-        model.eval(),
-        (example,),
-        input_names=[INPUT_NAME],
-        output_names=[output_name],
-        opset_version=opset,
-        dynamo=True,
-        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-        optimize=True,
-        verbose=False,
-    )
+    try:
+        program = torch.onnx.export(
+            model.eval(),
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[output_name],
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            optimize=True,
+            verbose=False,
+        )
+    except torch.onnx.errors.OnnxExporterError as exc:
+        raise ExportError(
+            f"torch.onnx could not convert {type(model).__name__} for input [batch, "
+            f"{', '.join(map(str, input_shape))}]: {type(exc).__name__}: {_exporter_summary(exc)}"
+        ) from exc
     return program.model_proto
+
+
+def _exporter_summary(exc: Exception) -> str:
+    """The cause line of torch.onnx's long, colored error text."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    _, _, summary = text.partition("## Exception summary")
+    lines = [line.strip() for line in (summary or text).splitlines() if line.strip()]
+    return lines[0] if lines else "no details"
 
 
 def _checkpoint_path(run_dir: Path) -> Path:
     return run_dir / CHECKPOINT_NAME if run_dir.is_dir() else run_dir
 
 
-def _calibration_images(dataset: str, input_shape: list[int], count: int, data_dir: str | None) -> tuple[np.ndarray, str]:
+def _calibration_images(
+    dataset: str, input_shape: list[int], count: int, data_dir: str | None, allow_random: bool = False
+) -> tuple[np.ndarray, str]:
     images, why = dataset_images(dataset, "train", None, input_shape, data_dir)
     if images is None:
-        log.warning("INT8 calibration on %d RANDOM inputs: %s", count, why)
-        return random_inputs(count, input_shape, seed=1), f"{count} standard-normal random inputs ({why})"
+        if not allow_random:
+            raise ExportError(
+                f"INT8 calibration needs {dataset} training images: {why}. Pass --calibrate-on-random to calibrate "
+                "on random inputs instead (fine for size and speed, not for accuracy)"
+            )
+        log.warning("INT8 calibration on %d RANDOM inputs (--calibrate-on-random): %s", count, why)
+        return random_inputs(count, input_shape, seed=1), (
+            f"{count} standard-normal random inputs (--calibrate-on-random; {why})"
+        )
     pick = np.sort(np.random.default_rng(0).choice(len(images.x), size=min(count, len(images.x)), replace=False))
     return images.x[pick], f"{len(pick)} random images of the {dataset} train split (seed 0)"
 
@@ -112,34 +141,61 @@ def build_variant(
     input_shape: list[int],
     data_dir: str | None,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    calibrate_on_random: bool = False,
 ) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """The requested variant of an FP32 model, plus extra metadata describing how it was made."""
+    """The requested variant of an FP32 model, plus extra metadata describing how it was made.
+
+    INT8 calibrates on the dataset's training images; without them it fails unless
+    calibrate_on_random allows random inputs (recorded in the metadata's edgecnn.calibration).
+    """
     if quantize == "none":
         return fp32, {}
     if quantize == "fp16":
         return convert_fp16(fp32), {}
     if quantize == "int8":
-        images, source = _calibration_images(dataset, input_shape, calibration_images, data_dir)
+        images, source = _calibration_images(dataset, input_shape, calibration_images, data_dir, calibrate_on_random)
         return quantize_int8(fp32, images), {CALIBRATION_KEY: source}
     raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, not {quantize!r}")
 
 
-def _check_compatible(model_dir: Path, input_shape: list[int], num_classes: int) -> None:
+def _existing_config(model_dir: Path) -> ModelConfig | None:
+    """The config of the model already at model_dir; None when there is none (or only an empty folder)."""
+    if not model_dir.exists():
+        return None
+    if not model_dir.is_dir():
+        raise ExportError(f"{model_dir} exists and is not a folder")
     if not (model_dir / CONFIG_NAME).is_file():
-        return
-    config = read_config(model_dir)
+        if any(model_dir.iterdir()):
+            raise ExportError(f"{model_dir} exists but holds no {CONFIG_NAME}: not a model folder; use another --name")
+        return None
+    return read_config(model_dir)
+
+
+def _check_compatible(
+    model_dir: Path, config: ModelConfig, input_shape: list[int], classes: list[str], max_batch_size: int | None
+) -> None:
+    """A new version must fit what config.pbtxt and labels.txt already say about the older ones."""
+    hint = "config.pbtxt and labels.txt are shared by every version; export it under another --name"
     have = (list(config.input[0].dims), list(config.output[0].dims)) if config.input and config.output else None
-    if have != (input_shape, [num_classes]):
+    if have != (input_shape, [len(classes)]):
+        shown = f"input dims {have[0]} -> output dims {have[1]}" if have else "no input/output"
         raise ExportError(
-            f"{model_dir} holds a model with input/output dims {have}; this run has {input_shape} -> [{num_classes}]. "
-            "Export it under another --name"
+            f"{model_dir} holds a model with {shown}; this run has input {input_shape} -> {len(classes)} classes. {hint}"
         )
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    labels = read_labels(model_dir)
+    if labels != classes:
+        differ = next((i for i, (a, b) in enumerate(zip(labels, classes)) if a != b), min(len(labels), len(classes)))
+        theirs = labels[differ] if differ < len(labels) else None
+        ours = classes[differ] if differ < len(classes) else None
+        raise ExportError(
+            f"{model_dir / LABELS_NAME} lists {len(labels)} labels and this run has {len(classes)} classes; "
+            f"they first differ at index {differ}: {theirs!r} vs {ours!r}. {hint}"
+        )
+    if max_batch_size is not None and max_batch_size != config.max_batch_size:
+        raise ExportError(
+            f"{model_dir / CONFIG_NAME} has max_batch_size {config.max_batch_size}, not the requested {max_batch_size}; "
+            "a new version keeps the model's config (leave --max-batch-size out, or edit config.pbtxt)"
+        )
 
 
 def export_run(
@@ -156,14 +212,25 @@ def export_run(
     test_images: int | None = DEFAULT_TEST_IMAGES,
     thresholds: Thresholds = Thresholds(),
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    max_batch_size: int | None = None,
+    calibrate_on_random: bool = False,
 ) -> ModelVersionPath:
-    """Export a training run (its dir or model.pt) as version `version` of `name` in `repository`."""
+    """Export a training run (its dir or model.pt) as version `version` of `name` in `repository`.
+
+    max_batch_size goes into a new model's config.pbtxt (default DEFAULT_MAX_BATCH_SIZE); an
+    existing model keeps its config, and a different explicit value is refused.
+    """
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, not {quantize!r}")
+    if calibrate_on_random and quantize != "int8":
+        raise ValueError("calibrate_on_random (--calibrate-on-random) only applies to --quantize int8")
+    if max_batch_size is not None and max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, not {max_batch_size}")
+    if calibration_images < 1:
+        raise ValueError(f"calibration_images must be >= 1, not {calibration_images}")
     run_dir = Path(run_dir)
     checkpoint = _checkpoint_path(run_dir)
-    model, meta = load_checkpoint(checkpoint)
+    model, meta = load_source(checkpoint)
     name = name or meta["model"]
     if not _NAME_RE.match(name):
         raise ExportError(f"model name {name!r} must be letters, digits, '.', '_' or '-', not starting with '.' or '-'")
@@ -176,14 +243,16 @@ def export_run(
         raise ExportError(f"{model_dir / str(version)} already exists; pick another --version or leave it out")
     input_shape = [int(v) for v in meta["input_shape"]]
     classes = list(meta["classes"])
-    _check_compatible(model_dir, input_shape, len(classes))
+    existing = _existing_config(model_dir)
+    if existing is not None:
+        _check_compatible(model_dir, existing, input_shape, classes, max_batch_size)
     data_dir = str(data_dir) if data_dir is not None else run_data_dir(checkpoint.parent)
 
     log.info("converting %s (%s) to ONNX", checkpoint, meta["model"])
     fp32 = to_onnx(model, input_shape, opset=opset)
     onnx_model, extra = build_variant(
         fp32, quantize, dataset=meta["dataset"], input_shape=input_shape, data_dir=data_dir,
-        calibration_images=calibration_images,
+        calibration_images=calibration_images, calibrate_on_random=calibrate_on_random,
     )
     metadata = build_metadata(meta, checkpoint, file_sha256(checkpoint), quantize)
     set_metadata(onnx_model, metadata)
@@ -195,7 +264,6 @@ def export_run(
     repository.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=repository))
     try:
-        new_model = not model_dir.exists()
         staged_model_dir = staging / name
         staged_version = staged_model_dir / str(version)
         staged_version.mkdir(parents=True)
@@ -208,18 +276,19 @@ def export_run(
             if not report["passed"]:
                 raise VerificationFailed(report)
             write_report(report, staged_version / VERIFICATION_NAME)
-        config_text = config_to_text(build_config(name, input_shape, len(classes), max_batch_size))
-        if new_model:
-            (staged_model_dir / CONFIG_NAME).write_text(config_text)
+        # The model folder may have changed during the (long) verification: check it again, then
+        # make the one change to the repository.
+        current = _existing_config(model_dir)
+        if current is None:
+            batch = DEFAULT_MAX_BATCH_SIZE if max_batch_size is None else max_batch_size
+            (staged_model_dir / CONFIG_NAME).write_text(config_to_text(build_config(name, input_shape, len(classes), batch)))
             write_labels(staged_model_dir, classes)
-            os.rename(staged_model_dir, model_dir)  # atomic; fails if another export created it meanwhile
+            os.rename(staged_model_dir, model_dir)  # atomic; fails if another export filled model_dir meanwhile
         else:
+            _check_compatible(model_dir, current, input_shape, classes, max_batch_size)
+            if (model_dir / str(version)).exists():
+                raise ExportError(f"{model_dir / str(version)} appeared during the export; pick another --version")
             os.rename(staged_version, model_dir / str(version))
-            config_path = model_dir / CONFIG_NAME
-            if not config_path.is_file() or config_path.read_text() != config_text:
-                _write_text_atomic(config_path, config_text)
-            write_labels(staged_model_dir, classes)
-            (staged_model_dir / LABELS_NAME).replace(model_dir / LABELS_NAME)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if created_repository:

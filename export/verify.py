@@ -19,13 +19,15 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
+from google.protobuf.message import DecodeError
 from torch import nn
 
 from edgecnn.export.data import Images, dataset_images, random_inputs, run_data_dir
 from edgecnn.export.metadata import read_metadata
 from edgecnn.export.runtime import make_session, run_batched
+from edgecnn.export.source import load_source
 from edgecnn.repository import Meta
-from edgecnn.training.checkpoint import file_sha256, load_checkpoint
+from edgecnn.training.checkpoint import file_sha256
 
 DEFAULT_SAMPLES = 100
 DEFAULT_TEST_IMAGES = 1000
@@ -158,11 +160,18 @@ def verify_onnx(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Compare an ONNX file with its PyTorch model; the JSON-able report has "passed" and "breaches"."""
+    if samples < 0:
+        raise ValueError(f"samples must be >= 0, not {samples}")
+    if test_images is not None and test_images < 0:
+        raise ValueError(f"test_images must be >= 0 (or None for the whole split), not {test_images}")
     onnx_path = Path(onnx_path)
     quantization = metadata.get(Meta.QUANTIZATION, "none")
     input_shape = metadata[Meta.INPUT_SHAPE]
     class_names = metadata.get(Meta.LABELS) or []
-    session = make_session(onnx_path, threads)
+    try:
+        session = make_session(onnx_path, threads)
+    except Exception as exc:  # ORT raises its own exception type per failure kind
+        raise VerificationError(f"ONNX Runtime cannot load {onnx_path}: {_first_line(exc)}") from exc
 
     inputs: list[tuple[str, Images]] = []
     if samples > 0:
@@ -211,6 +220,10 @@ def verify_onnx(
     }
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def write_report(report: dict[str, Any], path: Path) -> None:
     Path(path).write_text(json.dumps(report, indent=2) + "\n")
 
@@ -248,13 +261,19 @@ def load_source_model(metadata: dict[str, Any]) -> tuple[nn.Module, dict[str, An
         raise VerificationError(
             f"source checkpoint {path} changed since export: sha256 {actual} != recorded {expected}"
         )
-    model, meta = load_checkpoint(path)
+    model, meta = load_source(path)
     return model, meta, path
 
 
 def verify_file(onnx_path: Path, **kwargs: Any) -> dict[str, Any]:
     """verify_onnx for a file in a repository, against the checkpoint its metadata names."""
-    metadata = read_metadata(onnx_path)
+    try:
+        metadata = read_metadata(onnx_path)
+    except (DecodeError, OSError) as exc:
+        raise VerificationError(f"{onnx_path} is not a readable ONNX file: {_first_line(exc)}") from exc
+    missing = [key for key in (Meta.INPUT_SHAPE, Meta.DATASET) if key not in metadata]
+    if missing:
+        raise VerificationError(f"{onnx_path} lacks the edgecnn metadata {', '.join(missing)}: not exported by edgecnn?")
     model, _, checkpoint = load_source_model(metadata)
     if kwargs.get("data_dir") is None:
         kwargs["data_dir"] = run_data_dir(checkpoint.parent)

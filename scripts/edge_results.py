@@ -82,7 +82,7 @@ def _weights_description(run_dir: Path, meta: dict) -> str:
     return f"trained {m.get('epochs')} epochs on {m.get('train_images'):,} {meta['dataset']} images"
 
 
-def measure_run(run_dir: Path, repository: Path, threads: int) -> ModelResult:
+def measure_run(run_dir: Path, repository: Path, threads: int, calibrate_on_random: bool = False) -> ModelResult:
     model, meta = load_checkpoint(run_dir)
     shape = [int(v) for v in meta["input_shape"]]
     name = f"{meta['model']}-{meta['dataset']}"
@@ -92,7 +92,10 @@ def measure_run(run_dir: Path, repository: Path, threads: int) -> ModelResult:
         torch_accuracy = float((torch_logits(model, test.x).argmax(1) == test.labels).mean())
     variants: dict[str, Variant] = {}
     for q in VARIANTS:
-        exported = export_run(run_dir, repository, name=f"{name}-{LABEL[q].lower()}", quantize=q, verify=False)
+        exported = export_run(
+            run_dir, repository, name=f"{name}-{LABEL[q].lower()}", quantize=q, verify=False,
+            calibrate_on_random=calibrate_on_random and q == "int8",
+        )
         path = exported.onnx_path
         accuracy = None
         if test is not None:
@@ -168,19 +171,22 @@ def edge_results(runs: list[Path], workdir: Path, threads: int = 1, add_cifar_mo
     """Export each run as FP32/INT8/FP16 under workdir and return the markdown section.
 
     With add_cifar_models, the CIFAR CNN and MobileNetV2 are added with fixed-seed weights when
-    no run for them is given (their targets are about size and speed).
+    no run for them is given (their targets are about size and speed); without CIFAR-10 on the
+    machine they are INT8-calibrated on random inputs, which the table's calibration column says.
+    Given runs must find their training images for INT8 calibration.
     """
     workdir = Path(workdir)
     runs = [Path(r) for r in runs]
     given = {load_checkpoint(r)[1]["model"] for r in runs}
+    added = []
     if add_cifar_models:
-        runs += [
+        added = [
             fixed_seed_run(workdir / "runs" / f"{m}-untrained", m, "cifar10")
             for m in SPEED_SIZE_TARGET_MODELS
             if m not in given
         ]
     repository = workdir / "repository"
-    results = [measure_run(r, repository, threads) for r in runs]
+    results = [measure_run(r, repository, threads, calibrate_on_random=r in added) for r in runs + added]
     return render(results, threads)
 
 

@@ -58,3 +58,11 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
     if not root.exists():
         return {}
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def one_line_error(capsys, command: str) -> str:
+    """A CLI command's error as it must look: exactly one `edgecnn COMMAND:` line, no traceback."""
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith(f"edgecnn {command}:")]
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    return lines[0]

@@ -3,6 +3,7 @@ import gzip
 import numpy as np
 import pytest
 
+from edgecnn.training import datasets
 from edgecnn.training.datasets import (
     CIFAR10_CLASSES,
     FASHION_CLASSES,
@@ -70,12 +71,13 @@ def test_cifar_batches(tiny_cifar_dir):
 
 
 def test_missing_data_names_every_place_and_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "SYSTEM_DATA_ROOT", tmp_path / "system")
     monkeypatch.setenv("EDGECNN_DATA", str(tmp_path / "env"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     with pytest.raises(DatasetNotFoundError) as info:
         load_split("mnist", "train", data_dir=tmp_path / "mine")
     message = str(info.value)
-    for place in (tmp_path / "mine", tmp_path / "env", "/usr/share/datasets/mnist", tmp_path / "home/.cache/edgecnn/mnist"):
+    for place in (tmp_path / "mine", tmp_path / "env", tmp_path / "system/mnist", tmp_path / "home/.cache/edgecnn/mnist"):
         assert str(place) in message
     assert "--download" in message and "apt-get install dataset-mnist" in message
 

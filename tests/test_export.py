@@ -4,6 +4,7 @@ a broken export leaves the repository exactly as it was."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -20,11 +21,12 @@ from edgecnn.export.metadata import read_metadata
 from edgecnn.export.onnx_export import ExportError, VerificationFailed, export_run
 from edgecnn.export.runtime import make_session
 from edgecnn.protos import model_config_pb2
-from edgecnn.repository import Meta, read_labels
-from edgecnn.training.checkpoint import file_sha256, load_checkpoint
+from edgecnn.repository import Meta, read_labels, versions
+from edgecnn.training.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from edgecnn.training.models import build_model
 from edgecnn.training.datasets import get_info, load_split
 from tests.datafiles import write_cifar_dataset
-from tests.export_helpers import DATASET_FOR, fixed_seed_run, snapshot
+from tests.export_helpers import DATASET_FOR, fixed_seed_run, one_line_error, snapshot
 
 HEAVY = {"cifar-mlp", "mobilenet-v2"}
 
@@ -48,12 +50,15 @@ def lenet_repo(tmp_path_factory, lenet_run):
 
 
 @pytest.mark.parametrize("arch", ["lenet5", "mlp", "cifar-cnn", "cifar-mlp", "mobilenet-v2"])
-def test_each_architecture_exports_and_meets_the_fp32_bar(arch, tmp_path, cifar_1000, fashion_mnist_dir):
+def test_each_architecture_exports_and_meets_the_fp32_bar(arch, tmp_path, request):
+    """The issue's FP32 bar: max abs error <= 1e-4 and 100% top-1 agreement on 1,000 test images."""
     dataset = DATASET_FOR[arch]
-    # the CIFAR runs record their data dir in metrics.json, as `edgecnn train --data-dir` does
-    run = fixed_seed_run(tmp_path / "run", arch, data_dir=cifar_1000 if dataset == "cifar10" else None)
-    # MobileNetV2 is slow in PyTorch on CPU: fewer images keep the suite fast
-    test_images = 250 if arch == "mobilenet-v2" else 1000
+    # only the Fashion-MNIST models need the real dataset; the CIFAR ones use the synthetic files,
+    # their run recording the data dir in metrics.json as `edgecnn train --data-dir` does
+    data_dir = request.getfixturevalue("cifar_1000" if dataset == "cifar10" else "fashion_mnist_dir")
+    run = fixed_seed_run(tmp_path / "run", arch, data_dir=data_dir if dataset == "cifar10" else None)
+    test_images = 1000
+    # the heavy models are slow in PyTorch on CPU: fewer random inputs, never fewer test images
     result = export_run(run, tmp_path / "repo", samples=16 if arch in HEAVY else 100, test_images=test_images)
 
     assert (result.name, result.version) == (arch, 1)
@@ -187,6 +192,199 @@ def test_bad_arguments_are_refused_clearly(lenet_run, tmp_path, capsys):
         export_run(lenet_run, tmp_path / "r", opset=16)
     with pytest.raises(ExportError, match="model name"):
         export_run(lenet_run, tmp_path / "r", name="../escape")
-    assert cli_main(["export", str(tmp_path / "no-run"), "--repository", str(tmp_path / "r")]) == 1
-    assert "no checkpoint at" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="max_batch_size must be >= 1"):
+        export_run(lenet_run, tmp_path / "r", max_batch_size=0)
+    with pytest.raises(ValueError, match="calibration_images must be >= 1"):
+        export_run(lenet_run, tmp_path / "r", quantize="int8", calibration_images=0)
+    with pytest.raises(ValueError, match="only applies to --quantize int8"):
+        export_run(lenet_run, tmp_path / "r", calibrate_on_random=True)
+    assert cli_main(["export", str(tmp_path / "no-run"), "--repository", str(tmp_path / "r")]) == 2
+    assert "no checkpoint at" in one_line_error(capsys, "export")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--max-batch-size", "0"), ("--samples", "-1"), ("--test-images", "-2"), ("--calibration-images", "0"),
+     ("--version", "0"), ("--atol", "-1e-4")],
+)
+def test_cli_refuses_out_of_range_numbers(flag, value, lenet_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["export", str(lenet_run), "--repository", str(tmp_path / "r"), flag, value])
+    assert exited.value.code == 2
+    assert f"argument {flag}: expected" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def _foreign_checkpoints(lenet_run, root):
+    """model.pt files export cannot use: corrupt, not edgecnn's, an older format, weights that do not fit."""
+    model, meta = load_checkpoint(lenet_run)
+    garbage = root / "garbage"
+    garbage.mkdir()
+    (garbage / "model.pt").write_bytes(b"not a checkpoint at all")
+    foreign = root / "foreign"
+    foreign.mkdir()
+    torch.save({"state_dict": model.state_dict()}, foreign / "model.pt")
+    old = root / "old"
+    old.mkdir()
+    old_meta = {k: v for k, v in meta.items() if k != "model_kwargs"}
+    torch.save({"format": "edgecnn-checkpoint/1", **old_meta, "state_dict": model.state_dict()}, old / "model.pt")
+    no_shape = root / "no-shape"
+    no_shape.mkdir()
+    save_checkpoint(no_shape / "model.pt", model, {k: v for k, v in meta.items() if k != "input_shape"})
+    misfit = root / "misfit"
+    misfit.mkdir()
+    save_checkpoint(misfit / "model.pt", build_model("mlp", num_classes=10), meta)  # mlp weights, lenet5 named
+    return {
+        "garbage": (garbage, "not a usable edgecnn checkpoint"),
+        "foreign": (foreign, "not an edgecnn checkpoint"),
+        "old": (old, "KeyError: 'model_kwargs'"),
+        "no-shape": (no_shape, "lacks input_shape"),
+        "misfit": (misfit, "RuntimeError: Error(s) in loading state_dict"),
+    }
+
+
+def test_unusable_checkpoints_give_one_clear_line(lenet_run, tmp_path, capsys):
+    repository = tmp_path / "repo"
+    for kind, (run, expected) in _foreign_checkpoints(lenet_run, tmp_path).items():
+        assert cli_main(["export", str(run), "--repository", str(repository), "--no-verify"]) == 2, kind
+        assert expected in one_line_error(capsys, "export"), kind
+    assert not repository.exists()
+
+
+class _DataDependent(torch.nn.Module):
+    """Control flow on a tensor's value: torch.export cannot capture it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(28 * 28, 10)
+
+    def forward(self, x):
+        y = self.fc(x.flatten(1))
+        return y if y.sum() > 0 else -y
+
+
+def test_a_model_torch_cannot_export_gives_one_clear_line(lenet_run, tmp_path, capsys, monkeypatch):
+    real = onnx_export.load_source
+    monkeypatch.setattr(onnx_export, "load_source", lambda path: (_DataDependent().eval(), real(path)[1]))
+    assert cli_main(["export", str(lenet_run), "--repository", str(tmp_path / "repo"), "--no-verify"]) == 2
+    line = one_line_error(capsys, "export")
+    assert "torch.onnx could not convert _DataDependent for input [batch, 1, 28, 28]: TorchExportError" in line
+    assert "data-dependent" in line and "\x1b[" not in line
+    assert not (tmp_path / "repo").exists()
+
+
+def _lenet_variant(lenet_run, root, **changes):
+    """lenet_run's checkpoint with meta changed (and the model rebuilt for another class count)."""
+    model, meta = load_checkpoint(lenet_run)
+    meta = {**meta, **changes}
+    if len(meta["classes"]) != 10:
+        meta["model_kwargs"] = {**meta["model_kwargs"], "num_classes": len(meta["classes"])}
+        torch.manual_seed(0)
+        model = build_model("lenet5", **meta["model_kwargs"])
+    root.mkdir()
+    save_checkpoint(root / "model.pt", model, meta)
+    return root
+
+
+def test_a_new_version_must_match_the_models_labels_shape_and_classes(lenet_repo, lenet_run, tmp_path, capsys):
+    """labels.txt and config.pbtxt are shared by all versions: a mismatching run cannot relabel them."""
+    _, meta = load_checkpoint(lenet_run)
+    relabeled = _lenet_variant(lenet_run, tmp_path / "relabeled", classes=[c.upper() for c in meta["classes"]])
+    five = _lenet_variant(lenet_run, tmp_path / "five", classes=meta["classes"][:5])
+    cifar = fixed_seed_run(tmp_path / "cifar", "cifar-cnn")
+    before = snapshot(lenet_repo)
+    with pytest.raises(ExportError, match=r"labels.txt lists 10 labels .* first differ at index 0: 'T-shirt/top' vs 'T-SHIRT/TOP'"):
+        export_run(relabeled, lenet_repo, name="lenet5", verify=False)
+    with pytest.raises(ExportError, match=r"input dims \[1, 28, 28\] -> output dims \[10\]; this run has input \[1, 28, 28\] -> 5 classes"):
+        export_run(five, lenet_repo, name="lenet5", verify=False)
+    with pytest.raises(ExportError, match=r"this run has input \[3, 32, 32\] -> 10 classes. .*another --name"):
+        export_run(cifar, lenet_repo, name="lenet5", verify=False)
+    with pytest.raises(ExportError, match="max_batch_size 64, not the requested 8"):
+        export_run(lenet_run, lenet_repo, max_batch_size=8, verify=False)
+    args = ["export", str(relabeled), "--repository", str(lenet_repo), "--name", "lenet5", "--no-verify"]
+    assert cli_main(args) == 2
+    assert "shared by every version" in one_line_error(capsys, "export")
+    assert snapshot(lenet_repo) == before
+
+
+def test_a_new_version_leaves_config_and_labels_alone(lenet_repo, lenet_run, tmp_path):
+    repository = tmp_path / "repo"
+    shutil.copytree(lenet_repo, repository)
+    model_dir = repository / "lenet5"
+    config_path, labels_path = model_dir / "config.pbtxt", model_dir / "labels.txt"
+    config = text_format.Parse(config_path.read_text(), model_config_pb2.ModelConfig())
+    config.max_batch_size = 8  # hand-tuned serving settings survive new versions
+    config.dynamic_batching.max_queue_delay_microseconds = 0
+    config_path.write_text(text_format.MessageToString(config))
+    stamps = {p: (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_ino) for p in (config_path, labels_path)}
+
+    latest = versions(model_dir)[-1]
+    result = export_run(lenet_run, repository, verify=False)
+    assert result.version == latest + 1 and result.onnx_path.is_file()
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_ino) for p in stamps} == stamps
+    assert not [p.name for p in repository.iterdir() if p.name.startswith(".")]  # no staging left behind
+    # an explicit --max-batch-size equal to the model's is fine
+    assert export_run(lenet_run, repository, max_batch_size=8, verify=False).version == latest + 2
+
+
+@pytest.fixture(scope="module")
+def lenet_onnx(lenet_run):
+    model, meta = load_checkpoint(lenet_run)
+    return onnx_export.to_onnx(model, meta["input_shape"])
+
+
+@pytest.fixture
+def cached_conversion(monkeypatch, lenet_onnx):
+    """lenet_run's conversion, done once: the fault-injection exports below differ only in file handling."""
+
+    def convert(*args, **kwargs):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(lenet_onnx)
+        return copy
+
+    monkeypatch.setattr(onnx_export, "to_onnx", convert)
+
+
+# Every step of an export that writes to disk, as (module, attribute) to make fail.
+FAULTS = {
+    "onnx.save": (onnx, "save"),
+    "write_report": (onnx_export, "write_report"),
+    "config_to_text": (onnx_export, "config_to_text"),
+    "write_labels": (onnx_export, "write_labels"),
+    "os.rename": (onnx_export.os, "rename"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize("existing", [True, False], ids=["existing-model", "new-model"])
+def test_a_failure_at_any_step_leaves_the_repository_as_it_was(
+    fault, existing, lenet_repo, lenet_run, tmp_path, monkeypatch, cached_conversion
+):
+    """Whatever fails, the repository is unchanged; an export that succeeds only adds its version."""
+    repository = tmp_path / "repo"
+    shutil.copytree(lenet_repo, repository)
+    name = "lenet5" if existing else "fresh"
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(args)
+        raise OSError(28, "No space left on device (injected)")
+
+    before = snapshot(repository)
+    with monkeypatch.context() as patch:
+        patch.setattr(*FAULTS[fault], failing)
+        try:
+            result = export_run(lenet_run, repository, name=name, samples=4, test_images=20)
+        except OSError as exc:
+            assert "injected" in str(exc) and calls
+            result = None
+    after = snapshot(repository)
+    if result is None:
+        assert after == before
+    else:
+        assert not calls  # the faulty step is not needed on this path
+        added = {k for k in after if k not in before}
+        prefix = f"{name}/{result.version}" if existing else name
+        assert added and all(k == prefix or k.startswith(prefix + "/") for k in added)
+        assert {k: v for k, v in after.items() if k not in added} == before

@@ -24,6 +24,7 @@ from edgecnn.export.golden import (
     exercise_with_softmax,
     image_tensor,
 )
+from edgecnn.export.checks import check_onnx
 from edgecnn.export.onnx_export import to_onnx
 from edgecnn.export.runtime import make_session
 from edgecnn.training.models import count_parameters
@@ -81,11 +82,20 @@ def test_lecture_printed_values_agree_except_the_known_errata(name):
 
 
 @pytest.fixture(scope="module")
-def conv_sessions():
-    return {
-        name: make_session(to_onnx(conv_module(e), e.input_shape, output_name="feature_map").SerializeToString())
-        for name, e in CONV_EXAMPLES.items()
-    }
+def conv_models():
+    return {name: to_onnx(conv_module(e), e.input_shape, output_name="feature_map") for name, e in CONV_EXAMPLES.items()}
+
+
+@pytest.fixture(scope="module")
+def conv_sessions(conv_models):
+    return {name: make_session(model.SerializeToString()) for name, model in conv_models.items()}
+
+
+@pytest.mark.parametrize("name", sorted(CONV_EXAMPLES))
+def test_conv_example_passes_the_exporters_checks(name, conv_models):
+    """onnx.checker full_check, strict shape inference, the I/O contract and an ORT load, as every export."""
+    e = CONV_EXAMPLES[name]
+    check_onnx(conv_models[name], e.input_shape, [1, *np.asarray(HAND_MAPS[name]).shape], output_name="feature_map")
 
 
 @pytest.mark.parametrize("name", sorted(CONV_EXAMPLES))
@@ -142,7 +152,9 @@ def test_exercise_in_pytorch():
 def test_exercise_in_onnx_runtime(softmax):
     model = exercise_with_softmax() if softmax else ExerciseCNN()
     output = "probabilities" if softmax else "logits"
-    session = make_session(to_onnx(model, EXERCISE.input_shape, output_name=output).SerializeToString())
+    exported = to_onnx(model, EXERCISE.input_shape, output_name=output)
+    check_onnx(exported, EXERCISE.input_shape, len(EXERCISE.printed_logits), output_name=output)
+    session = make_session(exported.SerializeToString())
     (out,) = session.run(None, {"input": image_tensor(EXERCISE.image).numpy()})
     if softmax:
         np.testing.assert_allclose(out[0, :2], EXERCISE.printed_probabilities[:2], rtol=1e-4)

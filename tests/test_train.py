@@ -4,14 +4,16 @@ import pytest
 import torch
 
 from edgecnn.cli import main
+from edgecnn.training import datasets
 from edgecnn.training.checkpoint import load_checkpoint
+from edgecnn.training.train import random_crop_flip
 from edgecnn.training.models import count_parameters
 
 
 def _train(tmp_path, data_dir, name, *extra):
     out = tmp_path / name
     argv = ["train", "lenet5", "--dataset", "fashion-mnist", "--data-dir", str(data_dir), "--epochs", "2",
-            "--limit", "256", "--batch-size", "32", "--seed", "7", "--out", str(out), "--no-progress", *extra]
+            "--limit", "256", "--batch-size", "32", "--seed", "7", "--device", "cpu", "--out", str(out), "--no-progress", *extra]
     assert main(argv) == 0
     return out
 
@@ -65,6 +67,7 @@ def test_cifar_training_with_augmentation(tmp_path, tiny_cifar_dir):
 
 
 def test_missing_data_is_a_clear_cli_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(datasets, "SYSTEM_DATA_ROOT", tmp_path / "system")
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("EDGECNN_DATA", raising=False)
     code = main(["train", "lenet5", "--dataset", "mnist", "--data-dir", str(tmp_path / "nothing"),
@@ -80,3 +83,32 @@ def test_wrong_input_size_is_rejected(tmp_path, tiny_cifar_dir, capsys):
                  "--out", str(tmp_path / "o"), "--no-progress"])
     assert code == 2
     assert "28x28" in capsys.readouterr().err
+
+
+def test_random_crop_flip_is_seeded_and_keeps_shape():
+    x = torch.arange(2 * 1 * 28 * 28, dtype=torch.int64).reshape(2, 1, 28, 28).to(torch.uint8)
+    a = random_crop_flip(x, torch.Generator().manual_seed(1))
+    b = random_crop_flip(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and a.dtype == torch.uint8
+    assert torch.equal(a, b)
+    assert not torch.equal(a, x)
+
+
+def test_random_crop_flip_pixels_come_from_the_padded_image():
+    x = torch.full((64, 3, 32, 32), 200, dtype=torch.uint8)
+    out = random_crop_flip(x, torch.Generator().manual_seed(0))
+    assert set(out.unique().tolist()) <= {0, 200}  # zero padding or the image itself
+    assert (out == 0).any() and (out == 200).float().mean() > 0.8  # at most 4 px of padding
+
+
+def test_swapped_idx_files_are_a_clear_error(tmp_path, tiny_mnist_dir, capsys):
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    for prefix in ("train", "t10k"):
+        images, labels = f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"
+        (swapped / images).write_bytes((tiny_mnist_dir / labels).read_bytes())
+        (swapped / labels).write_bytes((tiny_mnist_dir / images).read_bytes())
+    code = main(["train", "lenet5", "--data-dir", str(swapped), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert code == 2
+    assert "swapped" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

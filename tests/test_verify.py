@@ -13,10 +13,10 @@ import torch
 from onnx import numpy_helper
 
 from edgecnn.cli import main as cli_main
-from edgecnn.export.onnx_export import export_run
+from edgecnn.export.onnx_export import ExportError, export_run
 from edgecnn.export.verify import Thresholds, compare, find_breaches, verify_file
 from edgecnn.training.checkpoint import load_checkpoint, save_checkpoint
-from tests.export_helpers import fixed_seed_run
+from tests.export_helpers import fixed_seed_run, one_line_error, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -78,35 +78,83 @@ def test_a_changed_or_missing_checkpoint_fails_clearly(exported, tmp_path, capsy
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
     save_checkpoint(run / "model.pt", model, meta)
-    assert cli_main(["verify", str(repo / "lenet5")]) == 1
-    assert "changed since export: sha256" in capsys.readouterr().err
+    assert cli_main(["verify", str(repo / "lenet5")]) == 2
+    assert "changed since export: sha256" in one_line_error(capsys, "verify")
 
     (run / "model.pt").unlink()
-    assert cli_main(["verify", str(repo / "lenet5")]) == 1
-    assert "is gone" in capsys.readouterr().err
+    assert cli_main(["verify", str(repo / "lenet5")]) == 2
+    assert "is gone" in one_line_error(capsys, "verify")
     assert not (repo / "lenet5" / "1" / "verification.json").exists()
 
 
 def test_unknown_version_is_refused(workspace, capsys):
     model_dir, _ = workspace
-    assert cli_main(["verify", str(model_dir), "--version", "9"]) == 1
-    assert "no version 9" in capsys.readouterr().err
+    assert cli_main(["verify", str(model_dir), "--version", "9"]) == 2
+    assert "no version 9" in one_line_error(capsys, "verify")
 
 
-def test_missing_dataset_falls_back_to_random_inputs_and_says_so(tmp_path, monkeypatch):
-    """CIFAR-10 is nowhere to be found: FP32 is compared on random inputs, loudly; INT8 cannot pass."""
+def _unknown_op(path: Path) -> None:
+    """Keep the file decodable with its metadata, but give ONNX Runtime an operator it does not know."""
+    model = onnx.load(path)
+    model.graph.node[0].op_type = "NoSuchOperator"
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda path: path.write_bytes(b"\x08\x07garbage\xff\xff"), "is not a readable ONNX file"),
+        (lambda path: path.write_bytes(path.read_bytes()[:-1000]), "is not a readable ONNX file"),
+        (_unknown_op, "ONNX Runtime cannot load"),
+        (lambda path: onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), path),
+         "lacks the edgecnn metadata"),
+    ],
+    ids=["garbage", "truncated", "unknown-op", "foreign"],
+)
+def test_an_unreadable_onnx_file_gives_one_clear_line(workspace, capsys, damage, expected):
+    model_dir, _ = workspace
+    (model_dir / "1" / "verification.json").unlink()
+    damage(model_dir / "1" / "model.onnx")
+    assert cli_main(["verify", str(model_dir), "--samples", "2", "--test-images", "0"]) == 2
+    assert expected in one_line_error(capsys, "verify")
+    assert not (model_dir / "1" / "verification.json").exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--samples", "-1"), ("--test-images", "-2"), ("--rtol", "nan"), ("--version", "x")])
+def test_verify_refuses_out_of_range_numbers(workspace, capsys, flag, value):
+    model_dir, _ = workspace
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["verify", str(model_dir), flag, value])
+    assert exited.value.code == 2 and f"argument {flag}: expected" in capsys.readouterr().err
+
+
+def test_missing_dataset_falls_back_to_random_inputs_and_says_so(tmp_path, monkeypatch, capsys):
+    """CIFAR-10 is nowhere to be found: FP32 is compared on random inputs, loudly; INT8 calibration
+    refuses random inputs unless explicitly allowed, and then cannot pass verification."""
     monkeypatch.delenv("EDGECNN_DATA", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     if Path("/usr/share/datasets/cifar10").exists():
         pytest.skip("CIFAR-10 is installed system-wide here")
     run = fixed_seed_run(tmp_path / "run", "cifar-cnn")
-    result = export_run(run, tmp_path / "repo", samples=30)
+    repository = tmp_path / "repo"
+    result = export_run(run, repository, samples=30)
     report = json.loads(result.verification_path.read_text())
     assert report["passed"] and [c["inputs"] for c in report["comparisons"]] == ["random"]
     assert report["notes"] and report["notes"][0].startswith("NO TEST IMAGES: dataset 'cifar10' not found")
 
-    int8 = export_run(run, tmp_path / "repo", quantize="int8", verify=False, calibration_images=16)
-    assert "random inputs" in onnx_metadata(int8.onnx_path)["edgecnn.calibration"]
+    before = snapshot(repository)
+    with pytest.raises(ExportError, match=r"INT8 calibration needs cifar10 training images: dataset 'cifar10' not found") as caught:
+        export_run(run, repository, name="cnn-int8", quantize="int8", verify=False, calibration_images=16)
+    assert str(tmp_path / "home" / ".cache" / "edgecnn" / "cifar10") in str(caught.value)
+    assert "/usr/share/datasets/cifar10" in str(caught.value) and "--calibrate-on-random" in str(caught.value)
+    args = ["export", str(run), "--repository", str(repository), "--quantize", "int8", "--no-verify"]
+    assert cli_main(args) == 2
+    assert "INT8 calibration needs cifar10 training images" in one_line_error(capsys, "export")
+    assert snapshot(repository) == before
+
+    int8 = export_run(run, repository, quantize="int8", verify=False, calibration_images=16, calibrate_on_random=True)
+    calibration = onnx_metadata(int8.onnx_path)["edgecnn.calibration"]
+    assert calibration.startswith("16 standard-normal random inputs (--calibrate-on-random; dataset 'cifar10' not found")
     failed = verify_file(int8.onnx_path, samples=8)
     assert not failed["passed"]
     assert any("accuracy-drop gate needs test images" in b for b in failed["breaches"])

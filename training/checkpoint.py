@@ -13,10 +13,36 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgecnn.training.datasets import DatasetInfo
 from edgecnn.training.models import build_model
 
 CHECKPOINT_NAME = "model.pt"
 FORMAT = "edgecnn-checkpoint/1"
+
+
+def checkpoint_meta(
+    model_name: str,
+    model_kwargs: dict[str, Any],
+    dataset: DatasetInfo,
+    input_shape: list[int],
+    params: int,
+    test_accuracy: float | None,
+    seed: int,
+) -> dict[str, Any]:
+    """Everything besides the weights that a checkpoint records (export and verify read it)."""
+    return {
+        "model": model_name,
+        "model_kwargs": model_kwargs,
+        "input_shape": list(input_shape),
+        "dataset": dataset.name,
+        "classes": list(dataset.classes),
+        "mean": list(dataset.mean),
+        "std": list(dataset.std),
+        "params": params,
+        "test_accuracy": test_accuracy,
+        "seed": seed,
+        "torch_version": str(torch.__version__),
+    }
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:

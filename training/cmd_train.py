@@ -23,8 +23,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--data-dir", help="where the dataset files are (searched first)")
     parser.add_argument("--download", action="store_true", help="download the dataset through torchvision if missing")
-    parser.add_argument("--augment", choices=["auto", "none", "crop-flip"], default="auto",
-                        help="auto: random crop + flip for cifar10 only")
+    parser.add_argument("--augment", choices=["auto", "none", "flip", "crop-flip"], default="auto",
+                        help="auto: random crop + flip for cifar10, none for the others")
     parser.add_argument("--width-mult", type=float, help="MobileNetV2 width multiplier")
     parser.add_argument("--out", help="run directory (default runs/<model>-<dataset>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -56,10 +56,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         metrics = train(cfg)
-    except DatasetNotFoundError as exc:
-        print(f"edgecnn train: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, RuntimeError) as exc:
+    except (DatasetNotFoundError, ValueError, RuntimeError) as exc:
         print(f"edgecnn train: {exc}", file=sys.stderr)
         return 2
     summary = {k: metrics[k] for k in ("model", "dataset", "params", "epochs", "test_accuracy", "train_seconds", "device")}

@@ -63,6 +63,9 @@ IDX_FILES = {
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
 
+SYSTEM_DATA_ROOT = Path("/usr/share/datasets")  # where Debian's dataset-* packages install
+
+
 class DatasetNotFoundError(FileNotFoundError):
     pass
 
@@ -107,7 +110,7 @@ def search_places(name: str, data_dir: str | os.PathLike | None = None) -> list[
         places.append(Path(data_dir))
     if os.environ.get("EDGECNN_DATA"):
         places.append(Path(os.environ["EDGECNN_DATA"]))
-    places.append(Path("/usr/share/datasets") / name)
+    places.append(SYSTEM_DATA_ROOT / name)
     places.append(Path.home() / ".cache" / "edgecnn" / name)
     return places
 
@@ -214,8 +217,14 @@ def load_split(
         images, labels = _read_cifar_batches(folder, CIFAR_FILES[split])
     else:
         image_stem, label_stem = IDX_FILES[split]
-        images = read_idx(_find_file(folder, image_stem))[:, None, :, :]
+        images = read_idx(_find_file(folder, image_stem))
         labels = read_idx(_find_file(folder, label_stem)).astype(np.int64)
+        if images.ndim != 3 or labels.ndim != 1:
+            raise ValueError(
+                f"{name}/{split} in {folder}: expected images (N, H, W) and labels (N,), "
+                f"got {images.shape} and {labels.shape} (are the image and label files swapped?)"
+            )
+        images = images[:, None, :, :]
     if len(images) != len(labels):
         raise ValueError(f"{name}/{split} in {folder}: {len(images)} images but {len(labels)} labels")
     if limit is not None:

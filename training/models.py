@@ -114,7 +114,7 @@ class ModelSpec:
     input_shape: tuple[int, int, int]  # (C, H, W)
     default_dataset: str
     description: str
-    expected_params: int | None = None
+    takes_channels: bool = True  # convolutional: the first layer follows the data's channels
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -127,7 +127,6 @@ MODELS: dict[str, ModelSpec] = {
             (1, 28, 28),
             "fashion-mnist",
             "simplified LeNet-5: conv5x5x6-pool-conv5x5x16-pool-FC 256-120-84-10",
-            44_426,
         ),
         ModelSpec(
             "cifar-cnn",
@@ -135,7 +134,6 @@ MODELS: dict[str, ModelSpec] = {
             (3, 32, 32),
             "cifar10",
             "lecture CIFAR-10 CNN: conv3x3x32-pool-conv3x3x64-pool-FC 4096-128-10",
-            545_098,
         ),
         ModelSpec(
             "mlp",
@@ -143,7 +141,7 @@ MODELS: dict[str, ModelSpec] = {
             (1, 28, 28),
             "fashion-mnist",
             "MLP baseline 784-128-64-10",
-            109_386,
+            takes_channels=False,
         ),
         ModelSpec(
             "cifar-mlp",
@@ -151,7 +149,7 @@ MODELS: dict[str, ModelSpec] = {
             (3, 32, 32),
             "cifar10",
             "MLP baseline 3072-1536-768-384-128-10",
-            6_246_410,
+            takes_channels=False,
         ),
         ModelSpec(
             "mobilenet-v2",
@@ -172,12 +170,16 @@ def get_spec(name: str) -> ModelSpec:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}") from None
 
 
-def input_shape_for(name: str, dataset_shape: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
-    """The model's input shape; MobileNetV2 follows the dataset it is trained on."""
-    spec = get_spec(name)
-    if name == "mobilenet-v2" and dataset_shape is not None:
-        return dataset_shape
-    return spec.input_shape
+def model_kwargs(
+    name: str, in_channels: int, num_classes: int, width_mult: float | None = None
+) -> dict[str, Any]:
+    """The build_model keyword arguments for a model trained on data with these channels/classes."""
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if get_spec(name).takes_channels:
+        kwargs["in_channels"] = in_channels
+    if width_mult is not None:
+        kwargs["width_mult"] = width_mult
+    return kwargs
 
 
 def build_model(
@@ -190,7 +192,7 @@ def build_model(
     """Build a registered architecture. MLPs ignore in_channels (their input size is fixed)."""
     spec = get_spec(name)
     kwargs: dict[str, Any] = {"num_classes": num_classes}
-    if name in ("lenet5", "cifar-cnn", "mobilenet-v2"):
+    if spec.takes_channels:
         kwargs["in_channels"] = in_channels if in_channels is not None else spec.input_shape[0]
     if name == "mobilenet-v2":
         kwargs["width_mult"] = width_mult if width_mult is not None else spec.options["width_mult"]

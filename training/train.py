@@ -21,9 +21,9 @@ from torch import nn
 from tqdm import tqdm
 
 from edgecnn import __version__
-from edgecnn.training.checkpoint import CHECKPOINT_NAME, save_checkpoint
-from edgecnn.training.datasets import Split, load_split
-from edgecnn.training.models import build_model, count_parameters, get_spec
+from edgecnn.training.checkpoint import CHECKPOINT_NAME, checkpoint_meta, save_checkpoint
+from edgecnn.training.datasets import Split, get_info, load_split
+from edgecnn.training.models import build_model, count_parameters, get_spec, model_kwargs
 
 
 @dataclass
@@ -40,7 +40,7 @@ class TrainConfig:
     device: str = "auto"
     data_dir: str | None = None
     download: bool = False
-    augment: str = "auto"  # auto: crop+flip for cifar10, none otherwise
+    augment: str = "auto"  # auto: crop-flip for cifar10, none otherwise; or none|flip|crop-flip
     width_mult: float | None = None
     out: str | None = None
     progress: bool = True
@@ -74,6 +74,12 @@ def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> tor
     return (images.float() / 255.0 - mean) / std
 
 
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random horizontal flip of a uint8 NCHW batch."""
+    flips = torch.rand(len(x), generator=generator) < 0.5
+    return torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Per-image random crop (after zero padding by an eighth of the side) and horizontal flip
     of a uint8 NCHW batch: 4 pixels for CIFAR-10's 32x32, 3 for 28x28."""
@@ -88,6 +94,19 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tenso
         crop = padded[i, :, top : top + h, left : left + w]
         out[i] = crop.flip(-1) if flips[i] else crop
     return out
+
+
+AUGMENTATIONS = {"none": None, "flip": random_flip, "crop-flip": random_crop_flip}
+
+
+def augmentation_for(cfg: TrainConfig):
+    """auto: random crop + flip for CIFAR-10; nothing for the 28x28 datasets."""
+    name = cfg.augment
+    if name == "auto":
+        name = "crop-flip" if cfg.dataset == "cifar10" else "none"
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"--augment must be auto, {', '.join(AUGMENTATIONS)}; not {cfg.augment!r}")
+    return AUGMENTATIONS[name]
 
 
 @torch.no_grad()
@@ -117,21 +136,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     device = resolve_device(cfg.device)
-    out_dir = cfg.out_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
-
     train_split = load_split(cfg.dataset, "train", cfg.data_dir, cfg.download, cfg.limit)
     test_split = load_split(cfg.dataset, "test", cfg.data_dir, cfg.download)
     channels = train_split.images.shape[1]
     spec = get_spec(cfg.model)
     _check_input_fits(cfg.model, spec.input_shape, train_split.images.shape[1:])
 
-    model_kwargs: dict[str, Any] = {"num_classes": len(train_split.classes)}
-    if cfg.model in ("lenet5", "cifar-cnn", "mobilenet-v2"):
-        model_kwargs["in_channels"] = channels
-    if cfg.width_mult is not None:
-        model_kwargs["width_mult"] = cfg.width_mult
-    model = build_model(cfg.model, **model_kwargs).to(device)
+    kwargs = model_kwargs(cfg.model, channels, len(train_split.classes), cfg.width_mult)
+    model = build_model(cfg.model, **kwargs).to(device)
     params = count_parameters(model)
 
     optimizer = make_optimizer(cfg, model.parameters())
@@ -139,12 +151,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15
     )
-    augment = cfg.augment == "crop-flip" or (cfg.augment == "auto" and cfg.dataset == "cifar10")
+    augment = augmentation_for(cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     images = torch.from_numpy(train_split.images)
     labels = torch.from_numpy(train_split.labels)
     mean, std = _stats(train_split, device)
 
+    out_dir = cfg.out_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, float]] = []
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
@@ -156,7 +170,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             batch = images[idx]
             if augment:
-                batch = random_crop_flip(batch, generator)
+                batch = augment(batch, generator)
             x = to_input(batch.to(device), mean, std)
             y = labels[idx].to(device)
 
@@ -204,23 +218,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "edgecnn_version": __version__,
         "config": asdict(cfg),
     }
-    save_checkpoint(
-        out_dir / CHECKPOINT_NAME,
-        model,
-        {
-            "model": cfg.model,
-            "model_kwargs": model_kwargs,
-            "input_shape": list(train_split.images.shape[1:]),
-            "dataset": cfg.dataset,
-            "classes": train_split.classes,
-            "mean": list(train_split.mean),
-            "std": list(train_split.std),
-            "params": params,
-            "test_accuracy": metrics["test_accuracy"],
-            "seed": cfg.seed,
-            "torch_version": str(torch.__version__),
-        },
+    meta = checkpoint_meta(
+        cfg.model, kwargs, get_info(cfg.dataset), list(train_split.images.shape[1:]), params,
+        metrics["test_accuracy"], cfg.seed,
     )
+    save_checkpoint(out_dir / CHECKPOINT_NAME, model, meta)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plot_curves(history, out_dir / "curves.png", f"{cfg.model} on {cfg.dataset}")
     return metrics
