@@ -1,5 +1,5 @@
 # Two set-up commands: `make demo` and `make test` each do all set-up on a fresh machine.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
@@ -10,25 +10,27 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	@[ -n "$(PYTHON)" ] || { echo "need Python 3.11+ (python3.11 or python3; or set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip >/dev/null
 	$(BIN)/pip install -e ".[train,dev]"
 	touch $(STAMP)
 
-# Fashion-MNIST from Debian's package when apt is there and the data is missing.
+# Fashion-MNIST from Debian's package when apt is there and the data is missing. Never fatal:
+# without it the demo downloads through torchvision and the tests that need it say so.
 data:
 	@if [ -f $(FASHION_DIR)/t10k-images-idx3-ubyte.gz ]; then \
 		echo "Fashion-MNIST: $(FASHION_DIR)"; \
 	elif command -v apt-get >/dev/null; then \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q dataset-fashion-mnist; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || command -v sudo ); \
+		{ $$SUDO apt-get update -q && $$SUDO apt-get install -y -q dataset-fashion-mnist; } \
+			|| echo "could not install dataset-fashion-mnist; the demo will download it through torchvision"; \
 	else \
-		echo "no apt-get: the demo will try a torchvision download of Fashion-MNIST"; \
+		echo "no apt-get: the demo will download Fashion-MNIST through torchvision"; \
 	fi
 
 demo: setup data
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python scripts/demo.py $$( [ -f $(FASHION_DIR)/t10k-images-idx3-ubyte.gz ] || echo --download )
 
 test: setup data
 	$(BIN)/python -m pytest -q

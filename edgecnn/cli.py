@@ -24,6 +24,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Top-level modules that only the [train] extra installs.
+TRAIN_EXTRA_MODULES = frozenset({"torch", "torchvision", "onnx", "onnxscript", "matplotlib", "tqdm"})
+
+
+def missing_module_hint(module: str | None) -> str:
+    """What to install when `module` (a dotted name, or None when unknown) cannot be imported."""
+    missing = module or "a dependency"
+    if module and module.split(".")[0] in TRAIN_EXTRA_MODULES:
+        return f"cannot import {missing}. Training and export need the extras: pip install 'edgecnn[train]'"
+    return f"cannot import {missing}. Reinstall the serving install: pip install edgecnn"
+
+
 def _top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgecnn",
@@ -50,12 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        missing = exc.name or "a dependency"
-        print(
-            f"edgecnn {name}: cannot import {missing}. "
-            f"Training and export need the extras: pip install 'edgecnn[train]'",
-            file=sys.stderr,
-        )
+        print(f"edgecnn {name}: {missing_module_hint(exc.name)}", file=sys.stderr)
         return 2
     parser = argparse.ArgumentParser(prog=f"edgecnn {name}", description=help_text)
     module.configure(parser)

@@ -6,8 +6,10 @@ For LeNet-5, the CIFAR CNN and MobileNetV2 it measures
       of a Python gRPC service: decode, run, encode; nothing else),
   (c) `edgecnn serve` with dynamic batching off, and (d) on,
 with the same client (`edgecnn loadtest`, KServe V2 ModelInfer, batch 1) over the same
-concurrency sweep, and writes docs/benchmarks.md and docs/benchmarks.png. Timing goals are
-reported as met / not met, never asserted.
+concurrency sweep, and writes docs/benchmarks.md and docs/benchmarks.png. Every server loads
+only the model under test (one repository per model). Where a CUDA GPU is usable (nvidia-smi
+and ONNX Runtime's CUDAExecutionProvider), every leg runs again with --device cuda. Timing
+goals are reported as met / not met, never asserted.
 
     python scripts/bench.py            # ~6 minutes on 2 cores
     python scripts/bench.py --quick    # ~2 minutes: 1 s steps
@@ -19,10 +21,7 @@ import argparse
 import json
 import os
 import platform
-import re
-import selectors
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -38,6 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without an install too
 
 from edgecnn.loadtest.stats import new_histogram, record_seconds  # noqa: E402
+from edgecnn.server.child import ChildProcess  # noqa: E402
+from edgecnn.server.cmd_serve import READY_LINE  # noqa: E402
+from edgecnn.server.device import CPU, CUDA, cuda_usable  # noqa: E402
+from edgecnn.server.runtime import session_options  # noqa: E402
 from machine import cpu_model, memory_gib  # noqa: E402  (scripts/machine.py)
 
 MODELS = ("lenet5", "cifar-cnn", "mobilenet-v2")
@@ -46,6 +49,7 @@ SERVERS = {
     "batching-off": "edgecnn serve, batching off",
     "batching-on": "edgecnn serve, batching on",
 }
+CUDA_SUFFIX = "@cuda"  # result keys of the --device cuda legs: "floor@cuda", "lenet5@cuda", ...
 TRAINED_LENET5 = ROOT / "runs" / "lenet5-fashion-mnist"
 READY_TIMEOUT_S = 120.0
 
@@ -53,6 +57,7 @@ READY_TIMEOUT_S = 120.0
 @dataclass(frozen=True)
 class BenchModel:
     name: str
+    repository: Path  # holds this model only, so every server loads the same one model
     onnx: Path
     params: int
     input_shape: tuple[int, int, int]
@@ -98,14 +103,14 @@ def _lenet5_run(workdir: Path, log) -> tuple[Path, str]:
 
 
 def prepare_models(workdir: Path, names: list[str], log) -> list[BenchModel]:
-    """Export every model into a fresh repository under workdir (torch is needed only here)."""
+    """Export each model into its own fresh repository under workdir (torch is needed only here)."""
     from edgecnn.export.onnx_export import export_run
     from edgecnn.training.checkpoint import load_checkpoint
 
-    repository = workdir / "repo"
-    shutil.rmtree(repository, ignore_errors=True)
+    shutil.rmtree(workdir / "repos", ignore_errors=True)
     models = []
     for name in names:
+        repository = workdir / "repos" / name
         if name == "lenet5":
             run_dir, weights = _lenet5_run(workdir, log)
         else:
@@ -113,23 +118,19 @@ def prepare_models(workdir: Path, names: list[str], log) -> list[BenchModel]:
         log(f"exporting {name}")
         entry = export_run(run_dir, repository, name=name, version=1, verify=False)
         _, meta = load_checkpoint(run_dir)
-        models.append(BenchModel(name, entry.onnx_path, int(meta["params"]), tuple(meta["input_shape"]), weights))
+        models.append(BenchModel(name, repository, entry.onnx_path, int(meta["params"]), tuple(meta["input_shape"]), weights))
     return models
 
 
 # --- (a) in-process ONNX Runtime ---------------------------------------------------------------
 
 
-def ort_session(path: Path, threads: int):
+def ort_session(path: Path, threads: int, device: str):
     import onnxruntime as ort
 
-    options = ort.SessionOptions()  # the same settings as edgecnn serve and the floor server
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    providers = [CUDA, CPU] if device == "cuda" else [CPU]
+    # session_options: the same settings as edgecnn serve and the floor server
+    return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
 
 
 def _ort_loop(session, x: np.ndarray, duration_s: float, callers: int) -> tuple[float, dict[str, float]]:
@@ -161,8 +162,8 @@ def _ort_loop(session, x: np.ndarray, duration_s: float, callers: int) -> tuple[
     return sum(counts) / elapsed, latency
 
 
-def bench_onnxruntime(model: BenchModel, threads: int, duration_s: float, callers: int) -> dict:
-    session = ort_session(model.onnx, threads)
+def bench_onnxruntime(model: BenchModel, threads: int, duration_s: float, callers: int, device: str) -> dict:
+    session = ort_session(model.onnx, threads, device)
     rng = np.random.default_rng(0)
     one = rng.standard_normal((1, *model.input_shape), dtype=np.float32)
     big = rng.standard_normal((64, *model.input_shape), dtype=np.float32)
@@ -178,52 +179,23 @@ def bench_onnxruntime(model: BenchModel, threads: int, duration_s: float, caller
 # --- (b)-(d) servers under the load tester -----------------------------------------------------
 
 
-def _wait_for_line(proc: subprocess.Popen, pattern: str, timeout_s: float) -> re.Match:
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout_s
-    seen = []
-    while time.monotonic() < deadline:
-        if not selector.select(timeout=0.5):
-            if proc.poll() is not None:
-                break
-            continue
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if match := re.search(pattern, line):
-            return match
-    raise RuntimeError(f"server did not announce itself ({pattern!r}); its output:\n{''.join(seen)}")
-
-
-def server_command(kind: str, model: BenchModel, repository: Path, threads: int, delay_us: int) -> tuple[list[str], str]:
-    """The command line of one server kind, and the regex of its ready line (group 1: port)."""
+def server_command(kind: str, model: BenchModel, threads: int, delay_us: int, device: str) -> tuple[list[str], str]:
+    """The command line of one server kind, and the regex of its ready line (group 2: port)."""
     if kind == "floor":
         cmd = [sys.executable, str(ROOT / "scripts" / "bench_floor_server.py"), "--model", str(model.onnx),
-               "--name", model.name, "--port", "0", "--threads", str(threads)]  # fmt: skip
-        return cmd, r"listening on (\d+)"
+               "--name", model.name, "--port", "0", "--threads", str(threads), "--device", device]  # fmt: skip
+        return cmd, r"listening on (\S+):(\d+)"
     delay = 0 if kind == "batching-off" else delay_us
-    cmd = [sys.executable, "-m", "edgecnn.cli", "serve", "--repository", str(repository), "--host", "127.0.0.1",
-           "--port", "0", "--metrics-port", "-1", "--device", "cpu", "--threads", str(threads),
+    cmd = [sys.executable, "-m", "edgecnn.cli", "serve", "--repository", str(model.repository), "--host", "127.0.0.1",
+           "--port", "0", "--metrics-port", "-1", "--device", device, "--threads", str(threads),
            "--max-batch-size", "64", "--max-queue-delay-us", str(delay), "--log-level", "WARNING"]  # fmt: skip
-    return cmd, r"serving on [^:]+:(\d+)"
+    return cmd, READY_LINE.pattern
 
 
 @contextmanager
 def running(cmd: list[str], ready: str, log_path: Path) -> Iterator[str]:
-    with open(log_path, "w") as stderr:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=ROOT)
-        try:
-            port = _wait_for_line(proc, ready, READY_TIMEOUT_S).group(1)
-            yield f"127.0.0.1:{port}"
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with open(log_path, "w") as stderr, ChildProcess(cmd, ready, READY_TIMEOUT_S, cwd=ROOT, stderr=stderr) as child:
+        yield f"127.0.0.1:{child.match.group(2)}"
 
 
 def loadtest(address: str, model: str, args: argparse.Namespace, out: Path) -> dict:
@@ -270,6 +242,11 @@ def targets(results: dict) -> list[tuple[str, str, bool]]:
     """(goal, measured, met) rows."""
     rows = []
     for name, servers in results["servers"].items():
+        if f"batching-on{CUDA_SUFFIX}" in servers:
+            on_gpu, off_gpu = by_concurrency(servers[f"batching-on{CUDA_SUFFIX}"]), by_concurrency(servers[f"batching-off{CUDA_SUFFIX}"])
+            top = max(off_gpu)
+            ratio = on_gpu[top]["req_per_s"] / off_gpu[top]["req_per_s"]
+            rows.append((f"{name} on the GPU: batching on is faster (c={top})", f"on/off = {ratio:.2f}x", ratio > 1.0))
         floor, off, on = (by_concurrency(servers[k]) for k in ("floor", "batching-off", "batching-on"))
         top, bottom = max(floor), min(floor)
         ratio = off[top]["req_per_s"] / floor[top]["req_per_s"]
@@ -317,9 +294,11 @@ def write_markdown(results: dict, path: Path, plot_name: str | None) -> None:
         "",
         "## Method",
         "",
-        "- Every server runs as its own process on 127.0.0.1 with the same ONNX Runtime settings: CPU provider, "
-        f"ORT_ENABLE_ALL, {s['threads']} intra-op thread(s), 1 inter-op thread; ONNX Runtime runs on an executor "
-        "thread pool in both the floor server and edgecnn.",
+        "- Every server runs as its own process on 127.0.0.1, loads only the model under test, and uses the same "
+        f"ONNX Runtime settings: CPU provider, ORT_ENABLE_ALL, {s['threads']} intra-op thread(s), 1 inter-op thread; "
+        "ONNX Runtime runs on an executor thread pool in both the floor server and edgecnn. Legs marked "
+        f"`{CUDA_SUFFIX}` use the CUDA provider instead (run only where a GPU is usable: devices here "
+        f"{', '.join(s['devices'])}).",
         "- (a) **onnxruntime**: the session called in-process, batch 1 back-to-back (one caller, then "
         f"{s['callers']} parallel callers), and batch 64: the compute limit, no gRPC.",
         "- (b) **floor**: `scripts/bench_floor_server.py`, a bare grpc.aio KServe V2 server that only decodes the "
@@ -443,31 +422,37 @@ def main(argv: list[str] | None = None) -> int:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     callers = min(2, os.cpu_count() or 1)
+    devices = ["cpu", "cuda"] if cuda_usable() else ["cpu"]
+    if "cuda" not in devices:
+        log("no usable CUDA GPU (nvidia-smi and CUDAExecutionProvider): CPU legs only")
     results: dict = {
         "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": machine(),
         "settings": {
             "quick": args.quick, "duration": args.duration, "warmup": args.warmup, "concurrency": args.concurrency,
             "threads": args.threads, "processes": args.processes, "batch_delay_us": args.batch_delay_us, "callers": callers,
+            "devices": devices,
         },  # fmt: skip
         "models": [],
         "onnxruntime": {},
         "servers": {},
     }
     models = prepare_models(args.workdir, args.models.split(","), log)
-    repository = args.workdir / "repo"
     for model in models:
         results["models"].append({"name": model.name, "params": model.params, "input_shape": list(model.input_shape),
                                   "onnx_bytes": model.onnx.stat().st_size, "weights": model.weights})  # fmt: skip
-        log(f"{model.name}: ONNX Runtime in-process")
-        results["onnxruntime"][model.name] = bench_onnxruntime(model, args.threads, args.duration, callers)
         results["servers"][model.name] = {}
-        for kind in SERVERS:
-            log(f"{model.name}: {SERVERS[kind]}")
-            cmd, ready = server_command(kind, model, repository, args.threads, args.batch_delay_us)
-            with running(cmd, ready, args.workdir / f"{model.name}-{kind}.log") as address:
-                report = loadtest(address, model.name, args, args.workdir / f"{model.name}-{kind}.json")
-            results["servers"][model.name][kind] = report
+        for device in devices:
+            suffix = "" if device == "cpu" else CUDA_SUFFIX
+            log(f"{model.name}: ONNX Runtime in-process ({device})")
+            results["onnxruntime"][model.name + suffix] = bench_onnxruntime(model, args.threads, args.duration, callers, device)
+            for kind in SERVERS:
+                log(f"{model.name}: {SERVERS[kind]} ({device})")
+                cmd, ready = server_command(kind, model, args.threads, args.batch_delay_us, device)
+                stem = args.workdir / f"{model.name}-{kind}-{device}"
+                with running(cmd, ready, stem.with_suffix(".log")) as address:
+                    report = loadtest(address, model.name, args, stem.with_suffix(".json"))
+                results["servers"][model.name][kind + suffix] = report
     results["targets"] = targets(results)
     results["wall_s"] = time.monotonic() - started
     (args.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -3,7 +3,8 @@
 A bare grpc.aio Open Inference Protocol server for one ONNX model: ModelInfer decodes the raw
 input tensor, runs ONNX Runtime on an executor thread and returns the raw logits. No
 validation, metrics, auth or batching; ModelMetadata exists only so the load tester can ask
-for the input shape. It prints "listening on PORT" once it accepts calls.
+for the input shape. It prints "listening on HOST:PORT" once it accepts calls. ONNX Runtime
+gets edgecnn serve's session options, so the two differ only in the service around it.
 
     python scripts/bench_floor_server.py --model repo/lenet5/1/model.onnx --name lenet5 --port 0
 """
@@ -13,13 +14,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import numpy as np
 import onnxruntime as ort
 
-from edgecnn.protos import inference_pb2, inference_pb2_grpc
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without an install too
+
+from edgecnn.protos import inference_pb2, inference_pb2_grpc  # noqa: E402
+from edgecnn.server.device import providers_for  # noqa: E402
+from edgecnn.server.runtime import session_options  # noqa: E402
 
 
 class FloorServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
@@ -50,18 +57,13 @@ class FloorServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 async def serve(args: argparse.Namespace) -> None:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if args.threads:
-        options.intra_op_num_threads = args.threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(args.model, sess_options=options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(args.model, sess_options=session_options(args.threads), providers=providers_for(args.device))
     server = grpc.aio.server()
     with ThreadPoolExecutor(max_workers=args.executor_threads) as executor:
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(FloorServicer(args.name, session, executor), server)
         port = server.add_insecure_port(f"{args.host}:{args.port}")
         await server.start()
-        print(f"listening on {port}", flush=True)
+        print(f"listening on {args.host}:{port}", flush=True)
         await server.wait_for_termination()
 
 
@@ -72,6 +74,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="ONNX Runtime execution provider")
     parser.add_argument("--executor-threads", type=int, default=max(2, os.cpu_count() or 1), help="threads that run ONNX Runtime (as edgecnn serve)")
     try:
         asyncio.run(serve(parser.parse_args()))

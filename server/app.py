@@ -67,7 +67,7 @@ class InferenceServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.state = ServerState(self.metrics)
+        self.state = ServerState(self.metrics, max_image_pixels=settings.max_image_pixels)
         self.port: int | None = None
         self.metrics_port: int | None = None
         # ONNX Runtime calls that can run at once; each batcher keeps up to this many batches in flight.
@@ -94,7 +94,7 @@ class InferenceServer:
         s = self.settings
         providers = providers_for(s.device)
         names = _model_names(s.repository)
-        interceptors = [TokenAuthInterceptor(s.auth_token)] if s.auth_token else []
+        interceptors = [TokenAuthInterceptor(s.auth_token, self.metrics)] if s.auth_token else []
         server = grpc.aio.server(interceptors=interceptors, options=_GRPC_OPTIONS)
         self._server = server
         kserve.add_to_server(self.state, server)

@@ -1,5 +1,5 @@
-"""The wrapper every RPC handler runs in: in-flight gauge, per-request metrics, draining
-refusal, and ServingError -> gRPC status with its message."""
+"""The wrapper every RPC handler runs in: UNAVAILABLE while loading or draining, in-flight
+gauge, per-request metrics, and ServingError -> gRPC status with its message."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ Request = TypeVar("Request")
 Response = TypeVar("Response")
 
 DRAINING = "server is shutting down and takes no new requests; retry on another replica"
+LOADING = "server is loading models and takes no requests yet; retry when it reports SERVING"
 
 
 class Call:
@@ -49,13 +50,15 @@ def rpc(api: str) -> Callable[[Handler], Callable[[Any, Request, grpc.aio.Servic
             state: ServerState = self.state
             metrics = state.metrics
             start = perf_counter()
+            if not state.serving:
+                # Refused before being counted in flight: a drain must not wait for requests it refuses.
+                metrics.observe_request("", "", api, Unavailable.code.name, perf_counter() - start)
+                await context.abort(Unavailable.code, DRAINING if state.draining else LOADING)
             metrics.inflight.inc()
             state.inflight += 1
             call = Call()
             code = "OK"
             try:
-                if state.draining:
-                    raise Unavailable(DRAINING)
                 return await method(self, request, context, call)
             except ServingError as exc:
                 code = exc.code.name

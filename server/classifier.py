@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import numpy as np
 
@@ -9,7 +11,7 @@ from edgecnn.protos import classifier_pb2, classifier_pb2_grpc
 
 from .calls import Call, rpc
 from .errors import InvalidArgument
-from .images import images_to_batch, softmax
+from .images import has_encoded, images_to_batch, softmax
 from .state import ServerState
 from .tensors import batch_limit
 
@@ -29,7 +31,10 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         limit = batch_limit(mv)
         if len(request.images) > limit:
             raise InvalidArgument(f"{len(request.images)} images exceed the max batch size of model {mv.name!r} ({limit})")
-        x = images_to_batch(request.images, mv)
+        if has_encoded(request.images):
+            x = await asyncio.to_thread(images_to_batch, request.images, mv, self.state.max_image_pixels)
+        else:
+            x = images_to_batch(request.images, mv)
         scores = softmax(await self.state.batcher(mv).infer(x))
         k = min(max(request.top_k, 1), mv.num_classes)
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]

@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import sys
 from pathlib import Path
 
+from edgecnn.auth_token import read_token
+
 from .app import InferenceServer, serve_until_signal
-from .auth import read_token
 from .errors import StartupError
-from .settings import DEFAULT_MAX_QUEUE, DEFAULT_METRICS_PORT, DEFAULT_PORT, Settings
+from .settings import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_QUEUE, DEFAULT_METRICS_PORT, DEFAULT_PORT, Settings
+
+
+# What `edgecnn serve` prints on stdout once it accepts calls (scripts and tests wait for it).
+READY_LINE = re.compile(r"edgecnn serving on (\S+):(\d+) \((?:metrics :(\d+)|no metrics)\)")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +41,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
         help=f"requests waiting per model version before RESOURCE_EXHAUSTED (default {DEFAULT_MAX_QUEUE})",
+    )
+    parser.add_argument(
+        "--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+        help=f"largest width x height of a PNG/JPEG sent to Classify, checked before decoding (default {DEFAULT_MAX_IMAGE_PIXELS})",
     )
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
     parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
@@ -61,6 +71,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         tls_client_ca=args.tls_client_ca,
         auth_token=token,
         grace_s=args.grace,
+        max_image_pixels=args.max_image_pixels,
     )
 
 

@@ -1,9 +1,16 @@
 """Classify's inputs -> the model's normalized float32 (C, H, W): encoded PNG/JPEG files are
-decoded with pillow, converted to the model's channels, resized, scaled and normalized."""
+decoded with pillow, converted to the model's channels, resized, scaled and normalized.
+
+Only PNG and JPEG are opened, and an image's dimensions (read from its header) are checked
+against a pixel budget before anything is decoded: a few KB of PNG can declare 13000x13000
+pixels and would otherwise cost gigabytes. Decoding is blocking work; callers run
+images_to_batch off the event loop when a request holds encoded images.
+"""
 
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -12,18 +19,30 @@ from edgecnn.protos import classifier_pb2
 
 from .errors import InvalidArgument
 from .runtime import ModelVersion
+from .settings import DEFAULT_MAX_IMAGE_PIXELS
 from .tensors import check_finite
 
 _MODES = {1: "L", 3: "RGB"}
+# Pillow warns on opening an image of > 89M pixels; decode_image refuses those itself, before decoding.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
-def decode_image(data: bytes, mv: ModelVersion, what: str) -> np.ndarray:
+FORMATS = ("PNG", "JPEG")
+
+
+def decode_image(data: bytes, mv: ModelVersion, what: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     c, h, w = mv.input_shape
     mode = _MODES.get(c)
     if mode is None:
         raise InvalidArgument(f"model {mv.name!r} takes {c}-channel input; send preprocessed tensors instead of image files")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise InvalidArgument(
+                    f"{what}: {width}x{height} pixels exceed the server's limit of {max_pixels} pixels per image "
+                    f"(--max-image-pixels); expected a smaller PNG or JPEG, e.g. {w}x{h} like the model's input"
+                )
             image = image.convert(mode)
             if image.size != (w, h):
                 image = image.resize((w, h), Image.Resampling.BILINEAR)
@@ -48,8 +67,12 @@ def decode_tensor(tensor: classifier_pb2.FloatTensor, mv: ModelVersion, what: st
     return x
 
 
-def images_to_batch(images, mv: ModelVersion) -> np.ndarray:
-    """Stack Classify's images into a float32 (N, C, H, W) batch."""
+def has_encoded(images) -> bool:
+    return any(image.WhichOneof("source") == "encoded" for image in images)
+
+
+def images_to_batch(images, mv: ModelVersion, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Stack Classify's images into a float32 (N, C, H, W) batch (blocking when images are encoded)."""
     if not images:
         raise InvalidArgument("no images; expected at least one encoded image or tensor")
     rows = []
@@ -57,7 +80,7 @@ def images_to_batch(images, mv: ModelVersion) -> np.ndarray:
         what = f"image {i}"
         source = image.WhichOneof("source")
         if source == "encoded":
-            rows.append(decode_image(image.encoded, mv, what))
+            rows.append(decode_image(image.encoded, mv, what, max_pixels))
         elif source == "tensor":
             rows.append(decode_tensor(image.tensor, mv, what))
         else:

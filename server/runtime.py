@@ -77,7 +77,9 @@ class ModelVersion:
         return self.session.run([self.output_name], {self.input_name: batch})[0]
 
 
-def _session_options(threads: int) -> ort.SessionOptions:
+def session_options(threads: int) -> ort.SessionOptions:
+    """The ONNX Runtime settings of every served session (the benchmark's floor server and
+    in-process runs use them too, so the comparison is like for like)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -143,7 +145,7 @@ def load_version(
 ) -> ModelVersion:
     path = entry.onnx_path
     try:
-        session = ort.InferenceSession(str(path), sess_options=_session_options(threads), providers=providers)
+        session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
     except Exception as exc:  # ORT raises its own exception types per failure
         raise StartupError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
     provider = session.get_providers()[0]

@@ -11,6 +11,7 @@ Device = Literal["auto", "cpu", "cuda"]
 DEFAULT_PORT = 8001  # Triton's gRPC port
 DEFAULT_METRICS_PORT = 8002  # Triton's metrics port
 DEFAULT_MAX_QUEUE = 256
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class Settings:
     auth_token: str | None = None
     # Seconds in-flight requests get to finish on SIGTERM/SIGINT.
     grace_s: float = 10.0
+    # Width x height an encoded Classify image may declare; larger ones are refused undecoded.
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -42,6 +45,8 @@ class Settings:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
         if self.max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
+        if self.max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be >= 1, got {self.max_image_pixels}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.device not in ("auto", "cpu", "cuda"):

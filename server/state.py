@@ -9,6 +9,7 @@ from .batching import Batcher
 from .metrics import Metrics
 from .registry import ModelRegistry
 from .runtime import ModelVersion
+from .settings import DEFAULT_MAX_IMAGE_PIXELS
 
 
 @dataclass
@@ -19,6 +20,7 @@ class ServerState:
     ready: bool = False
     draining: bool = False
     inflight: int = 0  # RPCs inside a handler now (event-loop thread only)
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # per encoded Classify image, checked before decoding
 
     def batcher(self, mv: ModelVersion) -> Batcher:
         return self.batchers[(mv.name, mv.version)]

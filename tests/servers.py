@@ -1,11 +1,14 @@
-"""A running edgecnn server for the client and load-test tests (imported, not a conftest).
+"""Running edgecnn servers for the tests (imported, not a conftest).
 
 One fixed-seed LeNet-5 (Fashion-MNIST labels and normalization) exported with the server
-tests' helpers, served in-process on a free loopback port.
+tests' helpers, served in-process on a free loopback port; `edgecnn serve` as a child process;
+free loopback ports.
 """
 
 from __future__ import annotations
 
+import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +19,25 @@ from tests.conftest_server import export, write_checkpoint
 
 MODEL = "lenet5"
 TOKEN = "client-test-token"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (for tests that need to know it before binding)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unused_address() -> str:
+    return f"127.0.0.1:{free_port()}"
+
+
+def serve_argv(repository: Path, *extra: str) -> list[str]:
+    """`edgecnn serve` from this environment's console script, on loopback and free ports."""
+    exe = Path(sys.executable).parent / "edgecnn"
+    assert exe.is_file(), f"no edgecnn console script next to {sys.executable}"
+    return [str(exe), "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", "0",
+            "--metrics-port", "0", "--device", "cpu", *extra]  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,11 @@ import argparse
 import copy
 import json
 import os
-import queue
 import re
 import shlex
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import tomllib
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgecnn.protos import inference_pb2, inference_pb2_grpc
+from edgecnn.server.child import ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -556,7 +555,9 @@ def test_deployment(name: str, rendered):
     opts = parse_serve_args(container["args"])
     assert (str(opts.repository), opts.port, opts.metrics_port) == ("/models", GRPC_PORT, METRICS_PORT)
     assert opts.device == name if name == "cpu" else opts.device == "cuda"
-    assert pod["spec"]["terminationGracePeriodSeconds"] > opts.grace, "the kubelet must not SIGKILL a draining server"
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep" and float(pre_stop[1]) >= 1, "endpoints need time to drop the pod before SIGTERM"
+    assert pod["spec"]["terminationGracePeriodSeconds"] > float(pre_stop[1]) + opts.grace, "the kubelet must not SIGKILL a draining server"
 
     (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/models"]
     assert mount["readOnly"] is True
@@ -625,53 +626,6 @@ def test_readme_commands_match_files():
 # --- live: the real server ----------------------------------------------------------------------
 
 
-class ServedProcess:
-    """`edgecnn serve` as a child process; the ports come from its 'edgecnn serving on' line."""
-
-    ANNOUNCE = re.compile(r"edgecnn serving on (\S+):(\d+) \((?:metrics :(\d+)|no metrics)\)")
-
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
-        self.argv = argv
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
-        self.output: list[str] = []
-        self.address, self.metrics_port = self._wait_announced(timeout=120)
-
-    def _wait_announced(self, timeout: float) -> tuple[str, int | None]:
-        lines: queue.Queue[str | None] = queue.Queue()
-
-        def pump() -> None:
-            for line in self.proc.stdout:
-                lines.put(line)
-            lines.put(None)
-
-        threading.Thread(target=pump, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            self.output.append(line)
-            found = self.ANNOUNCE.search(line)
-            if found:
-                return f"{found.group(1)}:{found.group(2)}", int(found.group(3)) if found.group(3) else None
-        self.proc.kill()
-        raise AssertionError(f"{shlex.join(self.argv)} did not announce its ports:\n{''.join(self.output)}")
-
-    def stop(self) -> int:
-        """SIGTERM (what docker stop and the kubelet send) and the exit code."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
 def model_infer(address: str, model: str, x: np.ndarray) -> np.ndarray:
     request = inference_pb2.ModelInferRequest(model_name=model)
     request.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
@@ -724,7 +678,7 @@ def _image_argv(command: list[str], repository: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def live_server(model_repository):
     argv = [_edgecnn(Path(sys.executable).parent), *_image_argv(serve_command(DOCKERFILE), model_repository)[1:]]
-    served = ServedProcess(argv + ["--device", "cpu"])
+    served = ServeProcess(argv + ["--device", "cpu"])
     x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
     model_infer(served.address, MODEL, x)
     yield served
@@ -760,7 +714,7 @@ def test_dashboard_queries_match_a_real_scrape(live_server):
 
 def test_health_command_live_and_stopped(model_repository):
     exe = _edgecnn(Path(sys.executable).parent)
-    served = ServedProcess([exe, "serve", "--repository", str(model_repository), "--host", "127.0.0.1",
+    served = ServeProcess([exe, "serve", "--repository", str(model_repository), "--host", "127.0.0.1",
                             "--port", "0", "--metrics-port", "-1", "--device", "cpu", "--grace", "1"])  # fmt: skip
 
     def health(*extra: str) -> subprocess.CompletedProcess:
@@ -821,7 +775,7 @@ def test_image_command_serves_from_a_serving_only_install(serving_venv, model_re
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr, no_torch
 
     # As the image runs it: ENTRYPOINT + CMD resolved through PATH, /models and ports swapped.
-    served = ServedProcess(_image_argv(serve_command(DOCKERFILE), model_repository), env=env, cwd=serving_venv)
+    served = ServeProcess(_image_argv(serve_command(DOCKERFILE), model_repository), env=env, cwd=serving_venv)
     try:
         healthcheck = [served.address if w == f"127.0.0.1:{GRPC_PORT}" else w for w in healthcheck_command(DOCKERFILE)]
         done = subprocess.run(healthcheck, **run)

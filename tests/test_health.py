@@ -12,8 +12,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from edgecnn.cli import main
+from edgecnn.cli import main, missing_module_hint
 from edgecnn.client.health import HealthCheckError, check_health
+from tests.conftest_server import self_signed_cert
 
 TOKEN = "s3cret-token"
 
@@ -135,12 +136,7 @@ def test_auth_token_file(tmp_path, capsys):
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 def test_tls_ca(tmp_path, capsys):
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    cert, key = self_signed_cert(tmp_path)
     credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
     server, address, _ = _start(credentials)
     try:
@@ -152,3 +148,14 @@ def test_tls_ca(tmp_path, capsys):
         assert "TLS CA file" in capsys.readouterr().err
     finally:
         server.stop(None)
+
+
+def test_missing_module_hint_names_the_right_install(monkeypatch, capsys):
+    assert "pip install 'edgecnn[train]'" in missing_module_hint("torch")
+    assert "pip install 'edgecnn[train]'" in missing_module_hint("onnxscript.ir")
+    serving = missing_module_hint("grpc_health.v1")
+    assert "cannot import grpc_health.v1" in serving and "pip install edgecnn" in serving and "[train]" not in serving
+    monkeypatch.setitem(sys.modules, "edgecnn.client.cmd_health", None)  # as if a serving dependency were missing
+    assert main(["health"]) == 2
+    err = capsys.readouterr().err
+    assert "edgecnn health: cannot import edgecnn.client.cmd_health" in err and "[train]" not in err

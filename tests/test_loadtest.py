@@ -78,14 +78,16 @@ def test_classify_api(address, tmp_path, capsys):
 
 
 def test_open_loop_keeps_its_rate(address, tmp_path, capsys):
-    code, report, _ = loadtest(tmp_path, capsys, "--server", address, "--rate", "200", "--duration", "2", "--warmup", "0.3")
+    code, report, _ = loadtest(tmp_path, capsys, "--server", address, "--rate", "200", "--duration", "3", "--warmup", "0.3")
     assert code == 0
     (step,) = report["steps"]
     assert (step["mode"], step["rate"], step["errors"]) == ("open", 200.0, {})
-    # the arrivals were scheduled, and left the client, at 200/s; every one was answered
-    assert step["scheduled_per_s"] == pytest.approx(200, rel=0.10)
-    assert step["sent_per_s"] == pytest.approx(200, rel=0.10)
-    assert step["window_s"] == pytest.approx(2.0) and step["ok"] == step["scheduled"]
+    assert step["window_s"] == pytest.approx(3.0) and step["ok"] == step["scheduled"]
+    assert step["scheduled_per_s"] == pytest.approx(200, rel=0.10)  # the seeded Poisson schedule itself
+    # Measured: requests really handed to gRPC inside the window, and answers per second.
+    assert step["sent"] <= step["scheduled"]
+    assert step["sent_per_s"] == pytest.approx(200, rel=0.10), step
+    assert step["req_per_s"] == pytest.approx(200, rel=0.10), step
 
 
 def test_rejected_requests_are_counted_by_status_code(repository, tmp_path, capsys):

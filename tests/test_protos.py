@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import tritonclient.grpc.model_config_pb2 as triton_config
+import tritonclient.grpc.service_pb2 as triton_service
 from google.protobuf.descriptor import Descriptor, EnumDescriptor
 
 from edgecnn.protos import classifier_pb2, inference_pb2, model_config_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
-triton_service = pytest.importorskip("tritonclient.grpc.service_pb2")
-triton_config = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
 
 def test_generated_stubs_are_fresh() -> None:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
+import struct
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+import zlib
 
 import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc as tritonclient_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,18 +25,19 @@ from tests.conftest_server import (
     copy_model,
     export,
     fashion_test_split,
-    free_port,
+    mtls_certs,
     png_bytes,
     reference_logits,
     self_signed_cert,
     write_checkpoint,
 )
+from tests.servers import free_port
 from edgecnn.protos import classifier_pb2, classifier_pb2_grpc, inference_pb2, inference_pb2_grpc
 from edgecnn.server import ServerThread, Settings, StartupError
 from edgecnn.server.device import gpu_present
+from edgecnn.server.settings import DEFAULT_MAX_IMAGE_PIXELS
 
-tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
-
+MARGIN = 1e-3  # logits closer than this may swap places between two float paths
 BATCHED_DELAY_US = 100_000  # long enough that concurrent requests always meet in one batch
 TIMEOUT = 10.0
 
@@ -184,10 +189,15 @@ def test_classify_png_fashion_mnist_matches_onnxruntime(classifier_stub, reposit
     reference = reference_logits(repository["v1"], fashion["x"][:8])
     assert (response.model, response.version) == ("lenet5", 1)
     assert len(response.results) == 8
-    for result, logits in zip(response.results, reference):
+    # Untrained weights: two classes can be within float noise of each other; the top-1 is only
+    # compared where the reference's top-2 margin is clear (most images).
+    margins = np.diff(np.sort(reference, axis=1)[:, -2:], axis=1)[:, 0]
+    assert (margins > MARGIN).sum() >= len(images) // 2, margins
+    for result, logits, margin in zip(response.results, reference, margins):
         top = result.predictions
         assert len(top) == 3
-        assert top[0].index == int(np.argmax(logits))
+        if margin > MARGIN:
+            assert top[0].index == int(np.argmax(logits))
         assert top[0].label == fashion["classes"][top[0].index]
         scores = [p.score for p in top]
         assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0 + 1e-6
@@ -260,22 +270,50 @@ def test_infer_errors_name_what_was_expected(infer_stub, fashion):
         assert infer_stub.ModelInfer(infer_request("lenet5", x), timeout=TIMEOUT).outputs, f"not serving after {label}"
 
 
+def huge_png(width: int, height: int) -> bytes:
+    """A valid PNG header declaring width x height grey pixels, with one tiny IDAT: a few dozen
+    bytes that would need width*height bytes once decoded."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * (width + 1))) + chunk(b"IEND", b"")
+
+
+def gif_bytes(image_chw: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image_chw[0], mode="L").save(buffer, format="GIF")
+    return buffer.getvalue()
+
+
 def test_classify_errors(classifier_stub, fashion):
+    def images(*items) -> list:
+        return [classifier_pb2.Image(**item) for item in items]
+
+    png = png_bytes(fashion["images"][0])
     cases = [
-        (classifier_pb2.ClassifyRequest(model="lenet5", images=[classifier_pb2.Image(encoded=b"not an image")]), "expected PNG or JPEG"),
-        (classifier_pb2.ClassifyRequest(model="lenet5"), "expected at least one"),
-        (classifier_pb2.ClassifyRequest(model="lenet5", images=[classifier_pb2.Image(tensor=classifier_pb2.FloatTensor(shape=[3, 28, 28], data=bytes(3 * 784 * 4)))]), "expected [1, 28, 28]"),
-        (classifier_pb2.ClassifyRequest(model="lenet5", images=[classifier_pb2.Image(tensor=classifier_pb2.FloatTensor(shape=[1, 28, 28], data=np.full(784, np.inf, "<f4").tobytes()))]), "expected finite"),
-        (classifier_pb2.ClassifyRequest(model="lenet5", images=[classifier_pb2.Image(encoded=png_bytes(fashion["images"][0]))] * 9), "max batch size"),
+        (images({"encoded": b"not an image"}), "expected PNG or JPEG"),
+        (images({"encoded": gif_bytes(fashion["images"][0])}), "expected PNG or JPEG"),
+        (images({"encoded": huge_png(13_000, 13_000)}), f"13000x13000 pixels exceed the server's limit of {DEFAULT_MAX_IMAGE_PIXELS}"),
+        ([], "expected at least one"),
+        (images({"tensor": classifier_pb2.FloatTensor(shape=[3, 28, 28], data=bytes(3 * 784 * 4))}), "expected [1, 28, 28]"),
+        (images({"tensor": classifier_pb2.FloatTensor(shape=[1, 28, 28], data=np.full(784, np.inf, "<f4").tobytes())}), "expected finite"),
+        (images({"encoded": png}) * 9, "max batch size"),
     ]
-    for request, expected in cases:
+    valid = classifier_pb2.ClassifyRequest(model="lenet5", images=images({"encoded": png}))
+    for bad_images, expected in cases:
         with pytest.raises(grpc.RpcError) as info:
-            classifier_stub.Classify(request, timeout=TIMEOUT)
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert expected in info.value.details()
+            classifier_stub.Classify(classifier_pb2.ClassifyRequest(model="lenet5", images=bad_images), timeout=TIMEOUT)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, expected
+        assert expected in info.value.details(), (expected, info.value.details())
+        assert len(classifier_stub.Classify(valid, timeout=TIMEOUT).results) == 1, f"not serving after {expected!r}"
     with pytest.raises(grpc.RpcError) as info:
         classifier_stub.ModelInfo(classifier_pb2.ModelInfoRequest(model="lenet5", version=7), timeout=TIMEOUT)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND and "expected one of: 1, 2" in info.value.details()
+    assert len(classifier_stub.Classify(valid, timeout=TIMEOUT).results) == 1
 
 
 def test_deadline_is_honoured(server, infer_stub, fashion, monkeypatch):
@@ -413,6 +451,11 @@ def test_not_serving_while_loading(repository, monkeypatch):
             assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
             stub = inference_pb2_grpc.GRPCInferenceServiceStub(ch)
             assert not stub.ServerReady(inference_pb2.ServerReadyRequest(), timeout=TIMEOUT).ready
+            x = np.zeros((1, 1, 28, 28), np.float32)
+            for call, request in ((stub.ModelInfer, infer_request("lenet5", x)), (stub.ModelMetadata, inference_pb2.ModelMetadataRequest(name="lenet5"))):
+                with pytest.raises(grpc.RpcError) as info:
+                    call(request, timeout=TIMEOUT)
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "loading models" in info.value.details()
             release.set()
             starter.join(TIMEOUT)
             assert health.Check(health_pb2.HealthCheckRequest(service="lenet5"), timeout=TIMEOUT).status == health_pb2.HealthCheckResponse.SERVING
@@ -460,6 +503,10 @@ def test_tls_and_token(repository, fashion, tmp_path):
             with pytest.raises(grpc.RpcError) as info:
                 stub.ModelInfer(request, metadata=metadata, timeout=TIMEOUT)
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED and expected in info.value.details()
+        refused = running.server.metrics.registry.get_sample_value(
+            "edgecnn_requests_total", {"model": "", "version": "", "api": "ModelInfer", "code": "UNAUTHENTICATED"}
+        )
+        assert refused == 2
         response = stub.ModelInfer(request, metadata=(("authorization", "Bearer s3cret"),), timeout=TIMEOUT)
         np.testing.assert_allclose(logits_of(response), reference_logits(repository["v2"], fashion["x"][:1]), rtol=1e-5, atol=1e-6)
         health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
@@ -468,6 +515,74 @@ def test_tls_and_token(repository, fashion, tmp_path):
         assert client.is_server_ready(headers={"authorization": "Bearer s3cret"})
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as plain, pytest.raises(grpc.RpcError):
             inference_pb2_grpc.GRPCInferenceServiceStub(plain).ServerLive(inference_pb2.ServerLiveRequest(), timeout=1)
+
+
+def test_mtls_requires_a_client_certificate(repository, tmp_path):
+    from edgecnn.client import ClientError, EdgeClient
+
+    certs = mtls_certs(tmp_path)
+    settings = Settings(
+        repository=repository["dir"], host="127.0.0.1", port=0, metrics_port=None, device="cpu",
+        tls_cert=certs["server_cert"], tls_key=certs["server_key"], tls_client_ca=certs["ca"],
+    )  # fmt: skip
+    with ServerThread(settings) as running:
+        address = f"127.0.0.1:{running.port}"
+        with EdgeClient(address, "lenet5", tls_ca=certs["ca"], timeout=5) as anonymous, pytest.raises(ClientError) as info:
+            anonymous.model_info()
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE  # the TLS handshake fails: no certificate
+        client = EdgeClient(address, "lenet5", tls_ca=certs["ca"], tls_cert=certs["client_cert"], tls_key=certs["client_key"], timeout=TIMEOUT)
+        with client:
+            assert client.model_info().parameters == PARAMS_LENET5
+            assert client.health() == "SERVING"
+            x = np.zeros((1, 1, 28, 28), np.float32)
+            np.testing.assert_allclose(client.infer(x), reference_logits(repository["v2"], x), rtol=1e-5, atol=1e-6)
+        # The command-line clients take the same client certificate.
+        from edgecnn.cli import main
+
+        ca, cert, key = (str(certs[k]) for k in ("ca", "client_cert", "client_key"))
+        assert main(["health", "--server", address, "--tls-ca", ca, "--tls-cert", cert, "--tls-key", key]) == 0
+        assert main(["health", "--server", address, "--tls-ca", ca, "--timeout", "2"]) == 1
+        out = tmp_path / "loadtest.json"
+        assert main(["loadtest", "--server", address, "--model", "lenet5", "--tls-ca", ca, "--tls-cert", cert, "--tls-key", key,
+                     "--concurrency", "1", "--requests", "5", "--warmup", "0", "--quiet", "--out", str(out)]) == 0  # fmt: skip
+        assert json.loads(out.read_text())["config"]["client_certificate"] is True
+    with pytest.raises(ValueError, match="needs both --tls-cert and --tls-key"):
+        EdgeClient(address, "lenet5", tls_ca=certs["ca"], tls_cert=certs["client_cert"])
+
+
+def test_drain_does_not_wait_for_refused_requests(repository, fashion):
+    """Requests refused while draining are never in flight: under steady traffic the drain ends
+    when the real in-flight requests do, not at the grace period."""
+    grace_s = 30.0
+    running = ServerThread(Settings(repository=repository["dir"], host="127.0.0.1", port=0, metrics_port=None, device="cpu")).start()
+    request = infer_request("lenet5", fashion["x"][:1])
+    stop = threading.Event()
+    codes: list[grpc.StatusCode] = []
+
+    def traffic() -> None:
+        with grpc.insecure_channel(running.address) as ch:
+            stub = inference_pb2_grpc.GRPCInferenceServiceStub(ch)
+            while not stop.is_set():
+                try:
+                    stub.ModelInfer(request, timeout=TIMEOUT)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as exc:
+                    codes.append(exc.code())
+
+    senders = [threading.Thread(target=traffic) for _ in range(6)]
+    for sender in senders:
+        sender.start()
+    try:
+        wait_until(lambda: codes.count(grpc.StatusCode.OK) >= 20, "traffic to flow")
+        started = time.monotonic()
+        running.stop(grace_s)
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        for sender in senders:
+            sender.join(TIMEOUT)
+    assert grpc.StatusCode.UNAVAILABLE in codes, "no request was refused while draining"
+    assert took < grace_s / 3, f"the drain took {took:.1f} s of its {grace_s:.0f} s grace: refused requests counted as in flight"
 
 
 @pytest.mark.skipif(gpu_present(), reason="a GPU is present")

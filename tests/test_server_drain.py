@@ -1,24 +1,24 @@
-"""`edgecnn serve` as a real process: bound ports printed, and a SIGTERM drain under load."""
+"""`edgecnn serve` as a real process: it answers tritonclient and Classify, prints its bound
+ports, and drains on SIGTERM under load."""
 
 from __future__ import annotations
 
 import os
-import queue
-import re
 import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc as tritonclient_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from edgecnn.protos import inference_pb2, inference_pb2_grpc
-from tests.conftest_server import export, write_checkpoint
+from edgecnn.protos import classifier_pb2, classifier_pb2_grpc, inference_pb2, inference_pb2_grpc
+from edgecnn.server.child import ServeProcess
+from tests.conftest_server import export, fashion_test_split, png_bytes, reference_logits, write_checkpoint
+from tests.servers import serve_argv
 
 DELAY_US = 1_000_000  # requests that arrive while a batch runs wait in the queue for it to finish
 # `edgecnn serve` whose ONNX Runtime calls take 0.5 s more, so requests are surely in flight at SIGTERM
@@ -34,7 +34,6 @@ ModelVersion.run = slow_run
 from edgecnn.cli import main
 sys.exit(main())
 """
-READY_LINE = re.compile(r"edgecnn serving on (\S+):(\d+) \(metrics :(\d+)\)")
 
 
 @pytest.fixture(scope="module")
@@ -44,36 +43,43 @@ def repository(tmp_path_factory) -> Path:
     return root / "repo"
 
 
+def test_edgecnn_serve_answers_tritonclient_and_classify(repository, fashion_mnist_dir):
+    """Issue 4's "done when": the real command on an exported LeNet-5 serves both APIs."""
+    split = fashion_test_split()
+    x = np.ascontiguousarray(split.normalized()[:4], dtype=np.float32)
+    expected = reference_logits(repository / "lenet5" / "1" / "model.onnx", x)
+    with ServeProcess(serve_argv(repository, "--grace", "1")) as served:
+        client = tritonclient_grpc.InferenceServerClient(url=served.address)
+        assert client.is_server_ready() and client.is_model_ready("lenet5")
+        tensor = tritonclient_grpc.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        result = client.infer("lenet5", [tensor], outputs=[tritonclient_grpc.InferRequestedOutput("logits")])
+        np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
+        client.close()
+        request = classifier_pb2.ClassifyRequest(model="lenet5", top_k=10)
+        for image in split.images[:4]:
+            request.images.add(encoded=png_bytes(image))
+        with grpc.insecure_channel(served.address) as channel:
+            response = classifier_pb2_grpc.ClassifierStub(channel).Classify(request, timeout=10)
+        assert len(response.results) == 4
+        for result, logits in zip(response.results, expected):
+            assert sorted(p.index for p in result.predictions) == list(range(10))
+            assert [p.label for p in result.predictions] == [split.classes[p.index] for p in result.predictions]
+            probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+            np.testing.assert_allclose([p.score for p in result.predictions], probs[[p.index for p in result.predictions]], rtol=1e-4, atol=1e-6)
+    assert served.proc.returncode == 0, "".join(served.output)
+
+
 def _serve_command(repository: Path) -> list[str]:
     return [sys.executable, "-c", SLOW_SERVE, "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--device", "cpu", "--grace", "20"]
 
 
-def _wait_for_ready_line(proc: subprocess.Popen, timeout: float) -> re.Match:
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=0.2)
-        except queue.Empty:
-            if proc.poll() is not None:
-                break
-            continue
-        match = READY_LINE.search(line)
-        if match:
-            return match
-    proc.kill()
-    raise AssertionError(f"no ready line from edgecnn serve; stderr: {proc.stderr.read()}")
-
-
 def test_sigterm_drains_in_flight_requests(repository):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_serve_command(repository), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    served = ServeProcess(_serve_command(repository), env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout_s=60)
+    proc = served.proc
     try:
-        match = _wait_for_ready_line(proc, timeout=60)
-        address = f"127.0.0.1:{match.group(2)}"
-        assert int(match.group(3)) > 0
-        with grpc.insecure_channel(address) as channel:
+        assert served.metrics_port and served.metrics_port > 0
+        with grpc.insecure_channel(served.address) as channel:
             stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
             health = health_pb2_grpc.HealthStub(channel)
             x = np.random.default_rng(0).standard_normal((1, 1, 28, 28), dtype=np.float32)
@@ -92,8 +98,6 @@ def test_sigterm_drains_in_flight_requests(repository):
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
             outputs = [future.result() for future in in_flight]
             assert all(len(o.raw_output_contents[0]) == 10 * 4 for o in outputs)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=30) == 0, "".join(served.output)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        served.kill()

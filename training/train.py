@@ -35,6 +35,7 @@ class TrainConfig:
     lr: float = 2e-3
     optimizer: str = "adamw"
     weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
     limit: int | None = None
     seed: int = 0
     device: str = "auto"
@@ -175,7 +176,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             y = labels[idx].to(device)
 
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -5,7 +5,6 @@ edgecnn.v1.Classifier (images in, labels and softmax scores out)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -13,7 +12,10 @@ import numpy as np
 
 from edgecnn.protos import classifier_pb2, classifier_pb2_grpc, inference_pb2, inference_pb2_grpc
 
-from .health import DEFAULT_TIMEOUT_S, auth_metadata, check_health, open_channel
+from edgecnn.auth_token import auth_metadata
+
+from .channel import PathLike, open_channel
+from .health import DEFAULT_TIMEOUT_S, health_status
 from .messages import ImageInput, Prediction, classify_request, infer_request, read_logits, read_predictions
 
 T = TypeVar("T")
@@ -34,10 +36,14 @@ class EdgeClient:
         server: str = "127.0.0.1:8001",
         model: str = "",
         version: int | None = None,
-        tls_ca: Path | str | None = None,
+        tls_ca: PathLike | None = None,
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
+        tls_cert: PathLike | None = None,
+        tls_key: PathLike | None = None,
     ) -> None:
+        """`tls_ca`: PEM CA to trust (enables TLS); `tls_cert`/`tls_key`: a client certificate
+        for servers that require one (--tls-client-ca); `token`: bearer token."""
         if timeout <= 0:
             raise ValueError(f"timeout {timeout}: expected a positive number of seconds")
         if version is not None and version < 1:
@@ -46,10 +52,8 @@ class EdgeClient:
         self.model = model
         self.version = version
         self.timeout = timeout
-        self._tls_ca = tls_ca
-        self._token = token
         self._metadata = auth_metadata(token)
-        self._channel = open_channel(server, tls_ca)
+        self._channel = open_channel(server, tls_ca, tls_cert, tls_key)
         self._kserve = inference_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._classifier = classifier_pb2_grpc.ClassifierStub(self._channel)
 
@@ -97,10 +101,4 @@ class EdgeClient:
     def health(self, service: str | None = None) -> str:
         """SERVING, NOT_SERVING, UNKNOWN or SERVICE_UNKNOWN for `service`: by default this
         client's model ("" = the whole server when no model was chosen)."""
-        return check_health(
-            self.server,
-            self.model if service is None else service,
-            timeout=self.timeout,
-            tls_ca=self._tls_ca,
-            auth_token=self._token,
-        )
+        return health_status(self._channel, self.model if service is None else service, self.timeout, self._metadata)

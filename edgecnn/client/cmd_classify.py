@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from edgecnn.auth_token import read_token
+
 from .client import ClientError, EdgeClient
 from .files import InputFileError, NamedImage, read_image_files
-from .health import DEFAULT_TIMEOUT_S, read_token
+from .health import DEFAULT_TIMEOUT_S
 from .messages import Prediction
 
 PROG = "edgecnn classify"
@@ -25,6 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=3, help="classes to show per image, best first")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per call")
     parser.add_argument("--tls-ca", default=None, help="PEM file of the CA to trust (enables TLS)")
+    parser.add_argument("--tls-cert", default=None, help="PEM client certificate, for servers started with --tls-client-ca")
+    parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     parser.add_argument("--auth-token-file", default=None, help="file holding a bearer token")
 
 
@@ -55,7 +59,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--top-k {args.top_k}: expected a positive number of classes")
         images = read_image_files(args.files)
         token = read_token(args.auth_token_file) if args.auth_token_file else None
-        client = EdgeClient(args.server, args.model, args.version, tls_ca=args.tls_ca, token=token, timeout=args.timeout)
+        client = EdgeClient(
+            args.server, args.model, args.version, tls_ca=args.tls_ca, token=token, timeout=args.timeout,
+            tls_cert=args.tls_cert, tls_key=args.tls_key,
+        )  # fmt: skip
     except (InputFileError, ValueError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2

@@ -11,8 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from edgecnn.auth_token import read_token
+from edgecnn.client.channel import channel_credentials, parse_server
 from edgecnn.client.client import ClientError
-from edgecnn.client.health import parse_server, read_token
 from edgecnn.client.messages import INPUT_NAME
 
 from .plot import PlotUnavailable, plot_latency
@@ -61,6 +62,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG of latency percentiles vs throughput")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument("--tls-ca", default=None, help="PEM file of the CA to trust (enables TLS)")
+    parser.add_argument("--tls-cert", default=None, help="PEM client certificate, for servers started with --tls-client-ca")
+    parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     parser.add_argument("--auth-token-file", default=None, help="file holding a bearer token")
 
 
@@ -72,12 +75,13 @@ def _fail(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         parse_server(args.server)
-        if args.tls_ca is not None and not Path(args.tls_ca).is_file():
-            raise ValueError(f"TLS CA file {args.tls_ca}: no such file")
+        channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)  # every TLS file readable, before any process starts
         if args.timeout <= 0:
             raise ValueError(f"--timeout {args.timeout}: expected a positive number of seconds")
         token = read_token(args.auth_token_file) if args.auth_token_file else None
-        target = Target(args.server, args.model, args.version, args.api, args.tls_ca, token, args.timeout)
+        target = Target(
+            args.server, args.model, args.version, args.api, args.tls_ca, token, args.timeout, args.tls_cert, args.tls_key
+        )
         duration = 5.0 if args.duration is None and args.requests is None else args.duration
         if args.input_shape is not None:
             input_name, shape = INPUT_NAME, args.input_shape
@@ -100,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         "rate": args.rate, "duration_s": duration, "requests": args.requests, "warmup_s": args.warmup,
         "processes": args.processes, "timeout_s": args.timeout, "input_shape": [args.batch_size, *shape],
         "input": "random float32 tensors" if args.api == "infer" else "PNG-encoded random images",
-        "tls": args.tls_ca is not None, "auth": token is not None, "seed": args.seed,
+        "tls": args.tls_ca is not None or args.tls_cert is not None,
+        "client_certificate": args.tls_cert is not None, "auth": token is not None, "seed": args.seed,
     }  # fmt: skip
     steps = run_plan(plan, progress=None if args.quiet else sys.stderr)
     report = build_report(config, steps)

@@ -2,15 +2,16 @@
 
 Latency runs from each request's SCHEDULED send time, so a client that falls behind (or a
 server that stalls) shows up in the latencies instead of silently lowering the load
-(no coordinated omission).
+(no coordinated omission). The real send times are counted too: a client that cannot keep
+up shows a send rate below the asked rate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from time import perf_counter
 
 from .calls import Call, Recorder, send
@@ -19,8 +20,33 @@ from .calls import Call, Recorder, send
 @dataclass(frozen=True)
 class OpenLoopCounts:
     scheduled: int  # arrivals scheduled in the measured window
-    sent_on_time: int  # of those, sent before the window closed (a lagging client sends fewer)
     window_s: float  # the measured window: up to the duration's end or the last arrival
+    sent: int  # measured arrivals really handed to gRPC inside the send window
+    send_window_s: float  # up to the duration's end, or the last real send with --requests
+    max_send_lag_s: float  # the longest a measured request left after its scheduled time
+
+
+class _Sends:
+    """Real send times of the measured arrivals."""
+
+    def __init__(self, measure_start: float, measure_end: float | None) -> None:
+        self.measure_start, self.measure_end = measure_start, measure_end
+        self.count = 0
+        self.last = measure_start
+        self.max_lag = 0.0
+
+    def sent(self, scheduled_at: float) -> None:
+        now = perf_counter()
+        if scheduled_at < self.measure_start:
+            return
+        self.max_lag = max(self.max_lag, now - scheduled_at)
+        if self.measure_end is None or now < self.measure_end:
+            self.count += 1
+            self.last = max(self.last, now)
+
+    @property
+    def window_s(self) -> float:
+        return (self.measure_end if self.measure_end is not None else self.last) - self.measure_start
 
 
 async def open_loop(
@@ -40,11 +66,13 @@ async def open_loop(
         raise ValueError(f"rate {rate}: expected a positive number of requests per second")
     rng = random.Random(seed)
     in_flight: set[asyncio.Task] = set()
-    scheduled = sent_on_time = 0
+    sends = _Sends(recorder.measure_start, measure_end)
+    scheduled = 0
     last_arrival = recorder.measure_start
     k = 0
 
     async def one(at: float, payload: bytes) -> None:
+        sends.sent(at)  # the task runs now: the request goes to gRPC now, however late
         recorder.record(at, await send(call, payload, timeout_s, metadata))
 
     at = start
@@ -61,7 +89,6 @@ async def open_loop(
         if measured:
             scheduled += 1
             last_arrival = at
-            sent_on_time += measure_end is None or perf_counter() < measure_end
         task = asyncio.create_task(one(at, payloads[k % len(payloads)]))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
@@ -69,4 +96,4 @@ async def open_loop(
     if in_flight:
         await asyncio.gather(*in_flight)
     window_s = (measure_end if measure_end is not None else last_arrival) - recorder.measure_start
-    return OpenLoopCounts(scheduled, sent_on_time, window_s)
+    return OpenLoopCounts(scheduled, window_s, sends.count, sends.window_s, sends.max_lag)

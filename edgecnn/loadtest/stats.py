@@ -42,11 +42,14 @@ class WorkerResult:
     elapsed_s: float  # from the start of measurement to the last measured completion
     cpu_s: float
     wall_s: float
-    # Open loop only: arrivals scheduled in the measured window, how many of them left on
-    # time (before the window closed), and the window's length.
+    # Open loop only: arrivals scheduled in the measured window and its length; measured
+    # requests really sent in the send window and its length; the worst lag of a real send
+    # behind its scheduled time.
     scheduled: int = 0
-    sent_on_time: int = 0
     window_s: float = 0.0
+    sent: int = 0
+    send_window_s: float = 0.0
+    max_send_lag_s: float = 0.0
 
     @property
     def cpu_share(self) -> float:
@@ -128,10 +131,13 @@ class StepResult:
         }
         if self.mode == "open":
             window = max((w.window_s for w in self.workers), default=0.0)
+            send_window = max((w.send_window_s for w in self.workers), default=0.0)
             scheduled = sum(w.scheduled for w in self.workers)
-            sent = sum(w.sent_on_time for w in self.workers)
+            sent = sum(w.sent for w in self.workers)
             result["window_s"] = round(window, 4)
             result["scheduled"] = scheduled
             result["scheduled_per_s"] = round(scheduled / window, 2) if window > 0 else 0.0
-            result["sent_per_s"] = round(sent / window, 2) if window > 0 else 0.0
+            result["sent"] = sent
+            result["sent_per_s"] = round(sent / send_window, 2) if send_window > 0 else 0.0
+            result["max_send_lag_ms"] = round(1000 * max((w.max_send_lag_s for w in self.workers), default=0.0), 3)
         return result

@@ -92,8 +92,10 @@ async def _run(spec: WorkerSpec, slots: Slots, index: int) -> WorkerResult:
         cpu_s=cpu_s,
         wall_s=wall_s,
         scheduled=counts.scheduled if counts else 0,
-        sent_on_time=counts.sent_on_time if counts else 0,
         window_s=counts.window_s if counts else 0.0,
+        sent=counts.sent if counts else 0,
+        send_window_s=counts.send_window_s if counts else 0.0,
+        max_send_lag_s=counts.max_send_lag_s if counts else 0.0,
     )
 
 

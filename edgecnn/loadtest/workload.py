@@ -7,14 +7,14 @@ spends its CPU on the wire, not on protobuf, and saturates later than the server
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import numpy as np
 
+from edgecnn.auth_token import auth_metadata
+from edgecnn.client.channel import open_aio_channel
 from edgecnn.client.client import EdgeClient
 from edgecnn.client.files import encode_png
-from edgecnn.client.health import auth_metadata
 from edgecnn.client.messages import CLASSIFY_METHOD, INFER_METHOD, classify_request, infer_request
 
 APIS = ("infer", "classify")
@@ -30,6 +30,8 @@ class Target:
     tls_ca: str | None = None
     token: str | None = None
     timeout_s: float = 10.0
+    tls_cert: str | None = None  # client certificate (and its key) for --tls-client-ca servers
+    tls_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.api not in APIS:
@@ -44,15 +46,18 @@ class Target:
         return auth_metadata(self.token)
 
     def aio_channel(self) -> grpc.aio.Channel:
-        if self.tls_ca is None:
-            return grpc.aio.insecure_channel(self.server)
-        credentials = grpc.ssl_channel_credentials(root_certificates=Path(self.tls_ca).read_bytes())
-        return grpc.aio.secure_channel(self.server, credentials)
+        return open_aio_channel(self.server, self.tls_ca, self.tls_cert, self.tls_key)
+
+    def client(self) -> EdgeClient:
+        return EdgeClient(
+            self.server, self.model, self.version, tls_ca=self.tls_ca, token=self.token, timeout=self.timeout_s,
+            tls_cert=self.tls_cert, tls_key=self.tls_key,
+        )  # fmt: skip
 
 
 def model_input(target: Target) -> tuple[str, tuple[int, int, int]]:
     """The model's input tensor name and [C, H, W], from the server's ModelMetadata."""
-    with EdgeClient(target.server, target.model, target.version, target.tls_ca, target.token, target.timeout_s) as client:
+    with target.client() as client:
         metadata = client.model_metadata()
     if len(metadata.inputs) != 1 or len(metadata.inputs[0].shape) != 4:
         shapes = [list(i.shape) for i in metadata.inputs]
