@@ -26,6 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download", action="store_true", help="download the dataset through torchvision if missing")
     parser.add_argument("--augment", choices=["auto", "none", "flip", "crop-flip"], default="auto",
                         help="auto: random crop + flip for cifar10, none for the others")
+    parser.add_argument("--crop-padding", type=int, help="crop-flip: pixels of zero padding (default side/8)")
     parser.add_argument("--width-mult", type=float, help="MobileNetV2 width multiplier")
     parser.add_argument("--out", help="run directory (default runs/<model>-<dataset>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         download=args.download,
         augment=args.augment,
+        crop_padding=args.crop_padding,
         width_mult=args.width_mult,
         out=args.out,
         progress=not args.no_progress,

@@ -7,6 +7,7 @@ After every epoch the model is evaluated on the test split.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import time
@@ -36,6 +37,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
+    crop_padding: int | None = None  # crop-flip: zero padding before the crop (default side // 8)
     limit: int | None = None
     seed: int = 0
     device: str = "auto"
@@ -81,11 +83,11 @@ def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Per-image random crop (after zero padding by an eighth of the side) and horizontal flip
-    of a uint8 NCHW batch: 4 pixels for CIFAR-10's 32x32, 3 for 28x28."""
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int | None = None) -> torch.Tensor:
+    """Per-image random crop (after zero padding, by default an eighth of the side: 4 pixels for
+    CIFAR-10's 32x32, 3 for 28x28) and horizontal flip of a uint8 NCHW batch."""
     n, _, h, w = x.shape
-    padding = h // 8
+    padding = h // 8 if padding is None else padding
     padded = F.pad(x, (padding, padding, padding, padding))
     offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator)
     flips = torch.rand(n, generator=generator) < 0.5
@@ -107,6 +109,8 @@ def augmentation_for(cfg: TrainConfig):
         name = "crop-flip" if cfg.dataset == "cifar10" else "none"
     if name not in AUGMENTATIONS:
         raise ValueError(f"--augment must be auto, {', '.join(AUGMENTATIONS)}; not {cfg.augment!r}")
+    if name == "crop-flip" and cfg.crop_padding is not None:
+        return functools.partial(random_crop_flip, padding=cfg.crop_padding)
     return AUGMENTATIONS[name]
 
 
