@@ -29,5 +29,22 @@ def fashion_mnist_dir() -> Path:
     return FASHION_MNIST_DIR
 
 
+@pytest.fixture(scope="module")
+def served_repository(tmp_path_factory, fashion_mnist_dir):
+    """An exported LeNet-5 repository (one per test module)."""
+    from tests.servers import make_repository
+
+    return make_repository(tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture(scope="module")
+def served_address(served_repository):
+    """HOST:PORT of a real server on that repository, for the module's tests."""
+    from tests.servers import running_server
+
+    with running_server(served_repository.dir) as addr:
+        yield addr
+
+
 def has_cuda_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None and Path("/dev/nvidia0").exists()

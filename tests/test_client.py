@@ -13,7 +13,7 @@ from edgecnn.cli import main
 from edgecnn.client import ClientError, EdgeClient
 from edgecnn.client.files import InputFileError, read_image_file
 from tests.conftest_server import PARAMS_LENET5, fashion_test_split, png_bytes, reference_logits
-from tests.servers import MODEL, TOKEN, make_repository, running_server, unused_address as free_address
+from tests.servers import MODEL, TOKEN, running_server, unused_address as free_address
 
 MARGIN = 1e-3  # logits closer than this may swap ranks between two float paths (untrained weights)
 
@@ -29,19 +29,8 @@ def fashion(fashion_mnist_dir) -> dict:
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory, fashion):
-    return make_repository(tmp_path_factory.mktemp("client"))
-
-
-@pytest.fixture(scope="module")
-def address(repository):
-    with running_server(repository.dir) as addr:
-        yield addr
-
-
-@pytest.fixture(scope="module")
-def client(address):
-    with EdgeClient(address, MODEL, timeout=10) as c:
+def client(served_address):
+    with EdgeClient(served_address, MODEL, timeout=10) as c:
         yield c
 
 
@@ -55,14 +44,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def test_infer_equals_onnxruntime(client, repository, fashion):
+def test_infer_equals_onnxruntime(client, served_repository, fashion):
     x = fashion["x"]
-    np.testing.assert_allclose(client.infer(x), reference_logits(repository.onnx, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(client.infer(x), reference_logits(served_repository.onnx, x), rtol=1e-5, atol=1e-6)
     assert client.infer(x[0]).shape == (1, 10)  # one [C, H, W] sample is a batch of one
 
 
-def test_classify_png_and_tensor(client, repository, fashion):
-    logits = reference_logits(repository.onnx, fashion["x"])
+def test_classify_png_and_tensor(client, served_repository, fashion):
+    logits = reference_logits(served_repository.onnx, fashion["x"])
     expected = softmax(logits)
     pngs = [png_bytes(image) for image in fashion["images"]]
     for images in (pngs, list(fashion["x"])):
@@ -88,17 +77,17 @@ def test_model_info_and_metadata(client, fashion):
     assert list(metadata.inputs[0].shape) == [-1, 1, 28, 28] and metadata.versions == ["1"]
 
 
-def test_health(client, address):
+def test_health(client, served_address):
     assert client.health() == "SERVING"
     assert client.health("") == "SERVING"
     assert client.health("no-such-model") == "SERVICE_UNKNOWN"
 
 
-def test_errors_carry_the_status_code(address, unused_address):
-    with EdgeClient(address, "no-such-model") as c, pytest.raises(ClientError, match="NOT_FOUND") as info:
+def test_errors_carry_the_status_code(served_address, unused_address):
+    with EdgeClient(served_address, "no-such-model") as c, pytest.raises(ClientError, match="NOT_FOUND") as info:
         c.infer(np.zeros((1, 28, 28), np.float32))
     assert info.value.code == grpc.StatusCode.NOT_FOUND
-    with EdgeClient(address, MODEL) as c, pytest.raises(ClientError) as info:
+    with EdgeClient(served_address, MODEL) as c, pytest.raises(ClientError) as info:
         c.infer(np.zeros((1, 27, 28), np.float32))
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "[N, 1, 28, 28]" in info.value.details
     with EdgeClient(unused_address, MODEL, timeout=2) as c, pytest.raises(ClientError, match="UNAVAILABLE"):
@@ -116,8 +105,8 @@ def test_bad_local_input_is_refused_before_sending(client):
         client.classify([])
 
 
-def test_token_and_auth_server(repository):
-    with running_server(repository.dir, auth_token=TOKEN) as addr:
+def test_token_and_auth_server(served_repository):
+    with running_server(served_repository.dir, auth_token=TOKEN) as addr:
         with EdgeClient(addr, MODEL) as anonymous, pytest.raises(ClientError, match="UNAUTHENTICATED"):
             anonymous.model_info()
         with EdgeClient(addr, MODEL, token=TOKEN) as c:
@@ -161,13 +150,13 @@ def test_read_image_files(image_files, tmp_path):
             read_image_file(path)
 
 
-def test_cli_prints_a_table(address, image_files, repository, fashion, capsys):
+def test_cli_prints_a_table(served_address, image_files, served_repository, fashion, capsys):
     files = [image_files["png0"], image_files["png1"], image_files["chw"], image_files["nchw"]]
-    assert main(["classify", "--server", address, "--model", MODEL, "--top-k", "2", *map(str, files)]) == 0
+    assert main(["classify", "--server", served_address, "--model", MODEL, "--top-k", "2", *map(str, files)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["FILE", "RANK", "LABEL", "SCORE"]
     assert len(lines) == 1 + 5 * 2  # five images, two rows each
-    probs = softmax(reference_logits(repository.onnx, fashion["x"][:5]))
+    probs = softmax(reference_logits(served_repository.onnx, fashion["x"][:5]))
     names = [str(files[0]), str(files[1]), str(files[2]), f"{files[3]}[0]", f"{files[3]}[1]"]
     for i, (name, p) in enumerate(zip(names, probs)):
         first, second = lines[1 + 2 * i], lines[2 + 2 * i]
@@ -177,17 +166,17 @@ def test_cli_prints_a_table(address, image_files, repository, fashion, capsys):
         assert second.split()[0] == "2"
 
 
-def test_cli_errors(address, unused_address, image_files, tmp_path, capsys):
+def test_cli_errors(served_address, unused_address, image_files, tmp_path, capsys):
     png = str(image_files["png0"])
-    assert main(["classify", "--server", address, "--model", MODEL, str(tmp_path / "nope.png")]) == 2
+    assert main(["classify", "--server", served_address, "--model", MODEL, str(tmp_path / "nope.png")]) == 2
     assert "nope.png: no such file" in capsys.readouterr().err
     assert main(["classify", "--server", unused_address, "--model", MODEL, "--timeout", "2", png]) == 1
     assert "UNAVAILABLE" in capsys.readouterr().err
-    assert main(["classify", "--server", address, "--model", "no-such-model", png]) == 1
+    assert main(["classify", "--server", served_address, "--model", "no-such-model", png]) == 1
     assert "NOT_FOUND" in capsys.readouterr().err
     assert main(["classify", "--server", "no-port", "--model", MODEL, png]) == 2
     assert "expected HOST:PORT" in capsys.readouterr().err
-    assert main(["classify", "--server", address, "--model", MODEL, "--top-k", "0", png]) == 2
+    assert main(["classify", "--server", served_address, "--model", MODEL, "--top-k", "0", png]) == 2
     assert "--top-k 0" in capsys.readouterr().err
 
 

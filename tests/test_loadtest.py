@@ -15,7 +15,7 @@ from edgecnn.loadtest.runner import Plan, split
 from edgecnn.loadtest.stats import StepResult, WorkerResult, new_histogram
 from edgecnn.loadtest.workload import Target
 from tests.conftest_server import self_signed_cert
-from tests.servers import MODEL, TOKEN, make_repository, running_server
+from tests.servers import MODEL, TOKEN, running_server
 
 LATENCY_KEYS = {"p50", "p90", "p95", "p99", "p99.9", "max", "mean", "min"}
 STEP_KEYS = {
@@ -24,27 +24,16 @@ STEP_KEYS = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def repository(tmp_path_factory, fashion_mnist_dir):
-    return make_repository(tmp_path_factory.mktemp("loadtest"))
-
-
-@pytest.fixture(scope="module")
-def address(repository):
-    with running_server(repository.dir) as addr:
-        yield addr
-
-
 def loadtest(tmp_path, capsys, *argv: str) -> tuple[int, dict, str]:
     out = tmp_path / "results.json"
     code = main(["loadtest", "--model", MODEL, "--quiet", "--out", str(out), *argv])
     return code, json.loads(out.read_text()) if out.exists() else {}, capsys.readouterr().out
 
 
-def test_closed_loop_sweep_over_two_processes(address, tmp_path, capsys):
+def test_closed_loop_sweep_over_two_processes(served_address, tmp_path, capsys):
     csv_path, plot_path = tmp_path / "steps.csv", tmp_path / "latency.png"
     code, report, table = loadtest(
-        tmp_path, capsys, "--server", address, "--concurrency", "1,4", "--duration", "1", "--warmup", "0.3",
+        tmp_path, capsys, "--server", served_address, "--concurrency", "1,4", "--duration", "1", "--warmup", "0.3",
         "--processes", "2", "--batch-size", "2", "--csv", str(csv_path), "--plot", str(plot_path),
     )  # fmt: skip
     assert code == 0
@@ -70,15 +59,15 @@ def test_closed_loop_sweep_over_two_processes(address, tmp_path, capsys):
     assert header[:5] == ["step", "requests", "errors", "req/s", "img/s"] and len(table.splitlines()) == 3
 
 
-def test_classify_api(address, tmp_path, capsys):
-    code, report, _ = loadtest(tmp_path, capsys, "--server", address, "--api", "classify", "--concurrency", "2", "--requests", "40", "--warmup", "0")
+def test_classify_api(served_address, tmp_path, capsys):
+    code, report, _ = loadtest(tmp_path, capsys, "--server", served_address, "--api", "classify", "--concurrency", "2", "--requests", "40", "--warmup", "0")
     assert code == 0
     (step,) = report["steps"]
     assert (step["ok"], step["errors"], report["config"]["input"]) == (40, {}, "PNG-encoded random images")
 
 
-def test_open_loop_keeps_its_rate(address, tmp_path, capsys):
-    code, report, _ = loadtest(tmp_path, capsys, "--server", address, "--rate", "200", "--duration", "3", "--warmup", "0.3")
+def test_open_loop_keeps_its_rate(served_address, tmp_path, capsys):
+    code, report, _ = loadtest(tmp_path, capsys, "--server", served_address, "--rate", "200", "--duration", "3", "--warmup", "0.3")
     assert code == 0
     (step,) = report["steps"]
     assert (step["mode"], step["rate"], step["errors"]) == ("open", 200.0, {})
@@ -90,8 +79,8 @@ def test_open_loop_keeps_its_rate(address, tmp_path, capsys):
     assert step["req_per_s"] == pytest.approx(200, rel=0.10), step
 
 
-def test_rejected_requests_are_counted_by_status_code(repository, tmp_path, capsys):
-    with running_server(repository.dir, auth_token=TOKEN) as addr:
+def test_rejected_requests_are_counted_by_status_code(served_repository, tmp_path, capsys):
+    with running_server(served_repository.dir, auth_token=TOKEN) as addr:
         # without --input-shape the test cannot even read the model's metadata
         assert main(["loadtest", "--server", addr, "--model", MODEL, "--duration", "1"]) == 2
         assert "UNAUTHENTICATED" in capsys.readouterr().err
@@ -107,11 +96,11 @@ def test_rejected_requests_are_counted_by_status_code(repository, tmp_path, caps
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
-def test_tls(repository, tmp_path, capsys):
+def test_tls(served_repository, tmp_path, capsys):
     from edgecnn.client import EdgeClient
 
     cert, key = self_signed_cert(tmp_path)
-    with running_server(repository.dir, tls_cert=cert, tls_key=key) as addr:
+    with running_server(served_repository.dir, tls_cert=cert, tls_key=key) as addr:
         with EdgeClient(addr, MODEL, tls_ca=cert) as client:
             assert client.model_info().model == MODEL
         code, report, _ = loadtest(tmp_path, capsys, "--server", addr, "--tls-ca", str(cert), "--concurrency", "2", "--requests", "20", "--warmup", "0")
@@ -120,9 +109,9 @@ def test_tls(repository, tmp_path, capsys):
         assert code == 1 and report["steps"][0]["ok"] == 0  # plaintext against a TLS port
 
 
-def test_unknown_model_with_shape_counts_not_found(address, tmp_path, capsys):
+def test_unknown_model_with_shape_counts_not_found(served_address, tmp_path, capsys):
     out = tmp_path / "r.json"
-    code = main(["loadtest", "--server", address, "--model", "nope", "--input-shape", "1,28,28", "--requests", "10", "--concurrency", "1", "--warmup", "0", "--quiet", "--out", str(out)])
+    code = main(["loadtest", "--server", served_address, "--model", "nope", "--input-shape", "1,28,28", "--requests", "10", "--concurrency", "1", "--warmup", "0", "--quiet", "--out", str(out)])
     assert code == 1 and json.loads(out.read_text())["steps"][0]["errors"] == {"NOT_FOUND": 10}
 
 
