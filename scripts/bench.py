@@ -7,12 +7,14 @@ For LeNet-5, the CIFAR CNN and MobileNetV2 it measures
   (c) `edgecnn serve` with dynamic batching off, and (d) on,
 with the same client (`edgecnn loadtest`, KServe V2 ModelInfer, batch 1) over the same
 concurrency sweep, and writes docs/benchmarks.md and docs/benchmarks.png. Every server loads
-only the model under test (one repository per model). Where a CUDA GPU is usable (nvidia-smi
-and ONNX Runtime's CUDAExecutionProvider), every leg runs again with --device cuda. Timing
-goals are reported as met / not met, never asserted.
+only the model under test (one repository per model). The three servers of a model run side by
+side and are measured in interleaved rounds (the order rotating each round), so a neighbour's
+burst or a drift of the machine hits all three alike; each step pools its rounds. Where a CUDA
+GPU is usable (nvidia-smi and ONNX Runtime's CUDAExecutionProvider), every leg runs again with
+--device cuda. Timing goals are reported as met / not met, never asserted.
 
-    python scripts/bench.py            # ~6 minutes on 2 cores
-    python scripts/bench.py --quick    # ~2 minutes: 1 s steps
+    python scripts/bench.py            # ~10 minutes on 2 cores
+    python scripts/bench.py --quick    # ~2 minutes: one round of 1 s steps
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without an install too
 
-from edgecnn.loadtest.stats import new_histogram, record_seconds  # noqa: E402
+from edgecnn.loadtest.stats import new_histogram, pool_steps, record_seconds  # noqa: E402
 from edgecnn.server.child import ChildProcess  # noqa: E402
 from edgecnn.server.cmd_serve import READY_LINE  # noqa: E402
 from edgecnn.server.device import CPU, CUDA, cuda_usable  # noqa: E402
@@ -198,6 +200,30 @@ def running(cmd: list[str], ready: str, log_path: Path) -> Iterator[str]:
         yield f"127.0.0.1:{child.match.group(2)}"
 
 
+def pool_rounds(reports: list[dict]) -> dict:
+    """The loadtest reports of one server's rounds as one report whose steps pool the rounds."""
+    steps = [pool_steps([r["steps"][i] for r in reports]) for i in range(len(reports[0]["steps"]))]
+    return {**reports[0], "rounds": len(reports), "steps": steps}
+
+
+def measure_servers(model: BenchModel, device: str, args: argparse.Namespace, log) -> dict[str, dict]:
+    """Every server kind up at once; `args.rounds` rounds of the sweep, interleaved and rotated."""
+    kinds = list(SERVERS)
+    reports: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    with ExitStack() as stack:
+        addresses = {}
+        for kind in kinds:
+            cmd, ready = server_command(kind, model, args.threads, args.batch_delay_us, device)
+            log_path = args.workdir / f"{model.name}-{kind}-{device}.log"
+            addresses[kind] = stack.enter_context(running(cmd, ready, log_path))
+        for r in range(args.rounds):
+            for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
+                log(f"{model.name}: {SERVERS[kind]} ({device}), round {r + 1}/{args.rounds}")
+                out = args.workdir / f"{model.name}-{kind}-{device}-round{r + 1}.json"
+                reports[kind].append(loadtest(addresses[kind], model.name, args, out))
+    return {kind: pool_rounds(reports[kind]) for kind in kinds}
+
+
 def loadtest(address: str, model: str, args: argparse.Namespace, out: Path) -> dict:
     cmd = [sys.executable, "-m", "edgecnn.cli", "loadtest", "--server", address, "--model", model,
            "--concurrency", args.concurrency, "--duration", str(args.duration), "--warmup", str(args.warmup),
@@ -304,10 +330,15 @@ def write_markdown(results: dict, path: Path, plot_name: str | None) -> None:
         "- (b) **floor**: `scripts/bench_floor_server.py`, a bare grpc.aio KServe V2 server that only decodes the "
         "tensor, runs ONNX Runtime and encodes the logits (no validation, metrics, auth or batching).",
         f"- (c) **batching-off** / (d) **batching-on**: `edgecnn serve` with `--max-queue-delay-us 0` / "
-        f"`--max-queue-delay-us {s['batch_delay_us']}` (max batch 64).",
+        f"`--max-queue-delay-us {s['batch_delay_us']}` (max batch 64), otherwise its defaults: validation, "
+        "metrics, a work-conserving batcher, and batches cheaper than the hand-off to a worker thread (or up to "
+        "1 ms when nothing else is in flight) run on the event loop thread (server/inline.py).",
         f"- Client: `edgecnn loadtest --api infer --batch-size 1 --concurrency {s['concurrency']} --duration "
         f"{s['duration']} --warmup {s['warmup']} --processes {s['processes']}` (closed loop, random float32 tensors, "
         "raw_input_contents). Latencies are end to end at the client, from HDR histograms.",
+        f"- The three servers of a model run side by side and are measured in {s['rounds']} interleaved round(s), "
+        "the order rotating each round; a table row pools its rounds (requests over total time, percentiles of "
+        "the merged histograms) and lists each round's req/s, which shows the run-to-run noise.",
         "",
         "## Models",
         "",
@@ -337,10 +368,11 @@ def write_markdown(results: dict, path: Path, plot_name: str | None) -> None:
         for kind, report in servers.items():
             for step in report["steps"]:
                 lat = step["latency_ms"]
-                rows.append([kind, str(step["concurrency"]), f"{step['req_per_s']:.0f}", _ms(lat["p50"]), _ms(lat["p90"]),
+                rounds = " / ".join(f"{run['req_per_s']:.0f}" for run in step.get("runs", []))
+                rows.append([kind, str(step["concurrency"]), f"{step['req_per_s']:.0f}", rounds, _ms(lat["p50"]), _ms(lat["p90"]),
                              _ms(lat["p99"]), _ms(lat["max"]), str(sum(step["errors"].values())),
                              "/".join(f"{c:.0%}" for c in step["client_cpu"]) + (" saturated" if step["client_saturated"] else "")])  # fmt: skip
-        out += [f"### {name}", "", _md_table(["server", "concurrency", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "client CPU per process"], rows), ""]
+        out += [f"### {name}", "", _md_table(["server", "concurrency", "req/s", "req/s per round", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "client CPU per process"], rows), ""]
     out += ["## Targets", "", "Measured, not asserted.", ""]
     out.append(_md_table(["goal", "measured", "met"], [[g, v, "met" if ok else "**not met**"] for g, v, ok in results["targets"]]))
     saturated = [f"{name} {kind} c={s['concurrency']}" for name, servers in results["servers"].items()
@@ -394,8 +426,9 @@ def write_plot(results: dict, path: Path) -> bool:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 s steps, 0.5 s warm-up")
-    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per step")
+    parser.add_argument("--quick", action="store_true", help="one round of 1 s steps, 0.5 s warm-up")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per server, pooled")
+    parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per step and round")
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per step")
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
@@ -406,7 +439,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     if args.quick:
-        args.duration, args.warmup = 1.0, 0.5
+        args.duration, args.warmup, args.rounds = 1.0, 0.5, 1
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: expected >= 1")
     unknown = set(args.models.split(",")) - set(MODELS)
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; expected some of {', '.join(MODELS)}")
@@ -431,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "quick": args.quick, "duration": args.duration, "warmup": args.warmup, "concurrency": args.concurrency,
             "threads": args.threads, "processes": args.processes, "batch_delay_us": args.batch_delay_us, "callers": callers,
+            "rounds": args.rounds,
             "devices": devices,
         },  # fmt: skip
         "models": [],
@@ -446,12 +482,7 @@ def main(argv: list[str] | None = None) -> int:
             suffix = "" if device == "cpu" else CUDA_SUFFIX
             log(f"{model.name}: ONNX Runtime in-process ({device})")
             results["onnxruntime"][model.name + suffix] = bench_onnxruntime(model, args.threads, args.duration, callers, device)
-            for kind in SERVERS:
-                log(f"{model.name}: {SERVERS[kind]} ({device})")
-                cmd, ready = server_command(kind, model, args.threads, args.batch_delay_us, device)
-                stem = args.workdir / f"{model.name}-{kind}-{device}"
-                with running(cmd, ready, stem.with_suffix(".log")) as address:
-                    report = loadtest(address, model.name, args, stem.with_suffix(".json"))
+            for kind, report in measure_servers(model, device, args, log).items():
                 results["servers"][model.name][kind + suffix] = report
     results["targets"] = targets(results)
     results["wall_s"] = time.monotonic() - started

@@ -1,14 +1,18 @@
 """Dynamic batching per model version.
 
-Queued requests run as batches: concatenated, one ONNX Runtime call on an executor thread,
-logits scattered back in order; a request is never split across batches. Up to `slots` batches
-(the executor's workers: the ORT calls that can run at once) are in flight. Policy, as Nagle's
-algorithm does for packets: a free slot takes what is pending (up to max_batch_size rows) at
-once when no batch is running (waiting would only idle the server, so a lone request is never
-delayed), when the rows fill a batch, or when the oldest request has waited max_queue_delay.
-While another batch runs, a free slot waits for more rows up to that delay or until the running
-batches finish; requests arriving while every slot is busy accumulate into larger batches.
+Queued requests run as batches: concatenated, one ONNX Runtime call, logits scattered back in
+order; a request is never split across batches. Up to `slots` batches (the ONNX Runtime calls
+that can run at once: the executor's workers on a CPU, one on a GPU) are in flight.
+
+The policy is work-conserving: a free slot at once takes everything pending, up to
+max_batch_size rows, and never holds a request back waiting for a fuller batch. Requests that
+arrive while every slot is busy merge into the next batch, so batches grow with the load by
+themselves. A positive max_queue_delay_microseconds turns batching on, as in Triton, but is not
+waited out: waiting for more rows while a slot is free idles a core, and on the 2-core CPU of
+docs/benchmarks.md it lowered throughput at every concurrency.
 With batching off (max batch <= 1 or no delay) every request is its own ONNX Runtime call.
+
+A batch runs on the event loop thread instead of a worker thread when inline.py says so.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from time import perf_counter
 import numpy as np
 
 from .errors import QueueFull, Unavailable
+from .inline import NEVER, InlinePolicy
 from .metrics import ModelMetrics
 from .runtime import ModelVersion
 
@@ -41,32 +46,33 @@ class _Item:
 class Batcher:
     """Runs a model version's requests; every method but _timed_compute runs on the event loop."""
 
-    def __init__(self, mv: ModelVersion, executor: Executor, metrics: ModelMetrics, max_queue: int, slots: int) -> None:
+    def __init__(
+        self,
+        mv: ModelVersion,
+        executor: Executor,
+        metrics: ModelMetrics,
+        max_queue: int,
+        slots: int,
+        inline: InlinePolicy = NEVER,
+    ) -> None:
         self.mv = mv
         self._executor = executor
         self._metrics = metrics
         self._max_queue = max_queue
+        self.inline = inline
         self.max_batch = mv.max_batch_size
-        self.delay_s = mv.max_queue_delay_us / 1e6
-        self.batching = self.max_batch > 1 and self.delay_s > 0
+        self.batching = self.max_batch > 1 and mv.max_queue_delay_us > 0
         self.slots = max(1, slots)
         self._pending: collections.deque[_Item] = collections.deque()
-        self._pending_rows = 0
-        self._running = 0  # batches in flight
+        self._running = 0  # batches on worker threads
         self._scheduled = False  # a dispatch is queued on the loop (gathers same-tick arrivals)
-        self._timer: asyncio.TimerHandle | None = None
-        self._flush = False  # stopping: dispatch without waiting
         self._waiting = 0  # requests queued or running, for the off path's queue bound
         self._queue_full = (
             f"model {mv.name!r} version {mv.version}: queue full ({max_queue} requests waiting); retry later"
         )
 
     async def stop(self) -> None:
-        """Run what is queued without waiting for fuller batches; return when every batch is done."""
-        self._flush = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """Return when every queued and running batch is done."""
         self._dispatch()
         while self._pending or self._running:
             await asyncio.sleep(0.001)
@@ -80,7 +86,6 @@ class Batcher:
         loop = asyncio.get_running_loop()
         item = _Item(x, loop.create_future(), perf_counter())
         self._pending.append(item)
-        self._pending_rows += len(x)
         self._metrics.queue_depth.inc()
         if not self._scheduled:
             self._scheduled = True
@@ -88,6 +93,9 @@ class Batcher:
         return await item.future
 
     async def _infer_direct(self, x: np.ndarray) -> np.ndarray:
+        if self.inline.runs_inline(len(x) * self.mv.batch1_s, 1, self._waiting):
+            self._metrics.queue_wait.observe(0.0)
+            return self._timed_compute(x)
         if self._waiting >= self._max_queue:
             raise QueueFull(self._queue_full)
         self._waiting += 1
@@ -101,20 +109,10 @@ class Batcher:
         return self._timed_compute(x)
 
     def _dispatch(self) -> None:
-        """Start batches on free slots as the policy in the module docstring allows."""
+        """Start batches while requests are pending and a slot is free."""
         self._scheduled = False
         while self._pending and self._running < self.slots:
-            if self._running and not self._flush and self._pending_rows < self.max_batch:
-                wait = self._pending[0].enqueued + self.delay_s - perf_counter()
-                if wait > 0:
-                    if self._timer is None:
-                        self._timer = asyncio.get_running_loop().call_later(wait, self._on_timer)
-                    return
             self._start_batch()
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._dispatch()
 
     def _take_batch(self) -> list[_Item]:
         batch: list[_Item] = []
@@ -125,7 +123,6 @@ class Batcher:
             if batch and rows + n > self.max_batch:
                 break
             self._pending.popleft()
-            self._pending_rows -= n
             self._metrics.queue_depth.dec()
             if item.future.done():  # cancelled: the client's deadline passed or it went away
                 continue
@@ -141,6 +138,14 @@ class Batcher:
         for item in batch:
             self._metrics.queue_wait.observe(start - item.enqueued)
         x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
+        if self.inline.runs_inline(len(x) * self.mv.batch1_s, len(batch), self._running):
+            try:
+                out = self._timed_compute(x)
+            except Exception as exc:
+                self._fail_logged(batch, exc)
+            else:
+                self._deliver(batch, out)
+            return
         try:
             done = asyncio.get_running_loop().run_in_executor(self._executor, self._timed_compute, x)
         except RuntimeError as exc:  # the executor is shut down
@@ -154,17 +159,23 @@ class Batcher:
         if done.cancelled():
             self._fail(batch, Unavailable(f"model {self.mv.name!r} is shutting down"))
         elif (exc := done.exception()) is not None:
-            log.error("%s v%d: batch of %d requests failed", self.mv.name, self.mv.version, len(batch), exc_info=exc)
-            self._fail(batch, exc)
+            self._fail_logged(batch, exc)
         else:
-            out = done.result()
-            offset = 0
-            for item in batch:
-                n = len(item.x)
-                if not item.future.done():
-                    item.future.set_result(out[offset : offset + n])
-                offset += n
+            self._deliver(batch, done.result())
         self._dispatch()
+
+    @staticmethod
+    def _deliver(batch: list[_Item], out: np.ndarray) -> None:
+        offset = 0
+        for item in batch:
+            n = len(item.x)
+            if not item.future.done():
+                item.future.set_result(out[offset : offset + n])
+            offset += n
+
+    def _fail_logged(self, batch: list[_Item], exc: BaseException) -> None:
+        log.error("%s v%d: batch of %d requests failed", self.mv.name, self.mv.version, len(batch), exc_info=exc)
+        self._fail(batch, exc)
 
     @staticmethod
     def _fail(batch: list[_Item], exc: BaseException) -> None:

@@ -13,7 +13,14 @@ from edgecnn.auth_token import read_token
 
 from .app import InferenceServer, serve_until_signal
 from .errors import StartupError
-from .settings import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_QUEUE, DEFAULT_METRICS_PORT, DEFAULT_PORT, Settings
+from .settings import (
+    DEFAULT_INLINE_MAX_US,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_PORT,
+    Settings,
+)
 
 
 # What `edgecnn serve` prints on stdout once it accepts calls (scripts and tests wait for it).
@@ -46,6 +53,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
         help=f"largest width x height of a PNG/JPEG sent to Classify, checked before decoding (default {DEFAULT_MAX_IMAGE_PIXELS})",
     )
+    parser.add_argument(
+        "--inline-max-us", type=int, default=DEFAULT_INLINE_MAX_US,
+        help="the longest a batch may run on the event loop thread, skipping the hand-off to a worker thread: it does "
+        "when cheaper than the hand-off or when nothing else is in flight; 0: never "
+        f"(default {DEFAULT_INLINE_MAX_US} microseconds)",
+    )
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
     parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     parser.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certificates signed by it")
@@ -72,6 +85,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         auth_token=token,
         grace_s=args.grace,
         max_image_pixels=args.max_image_pixels,
+        inline_max_us=args.inline_max_us,
     )
 
 

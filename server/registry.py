@@ -68,8 +68,8 @@ def load_registry(
                 raise StartupError(str(exc)) from None
         mv = load_version(entry, configs[entry.name], providers, threads, max_batch_size, max_queue_delay_us)  # type: ignore[arg-type]
         log.info(
-            "loaded %s version %d (%s, %d params, opset %d, max batch %d, queue delay %d us)",
-            mv.name, mv.version, mv.provider, mv.params, mv.opset, mv.max_batch_size, mv.max_queue_delay_us,
+            "loaded %s version %d (%s, %d params, opset %d, max batch %d, queue delay %d us, batch of 1 in %.0f us)",
+            mv.name, mv.version, mv.provider, mv.params, mv.opset, mv.max_batch_size, mv.max_queue_delay_us, mv.batch1_s * 1e6,
         )
         loaded.append(mv)
     return ModelRegistry(loaded)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,8 @@ from .onnx_info import opset_version
 log = logging.getLogger(__name__)
 
 DEFAULT_PIXEL_SCALE = 1.0 / 255.0
+WARMUP_RUNS = 2  # untimed: the first runs allocate buffers (and on CUDA pick kernels)
+TIMED_RUNS = 5
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ class ModelVersion:
     max_batch_size: int  # 0: the model takes no batching (one request per run)
     max_queue_delay_us: int
     verification: Verification
+    # Median seconds of a warm batch-1 run, measured at load (decides inline vs worker thread).
+    batch1_s: float = math.nan
     # Derived constants for request validation.
     sample_size: int = field(init=False)
     sample_nbytes: int = field(init=False)
@@ -75,6 +81,23 @@ class ModelVersion:
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits for a float32 (N, C, H, W) batch; blocking, call it off the event loop."""
         return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def warm_up(self) -> None:
+        """Run batches of zeros before the first request (Triton's model warm-up) and record
+        the median batch-1 time; a model that cannot run fails here, at start-up."""
+        x = np.zeros((1, *self.input_shape), dtype=np.float32)
+        times = []
+        try:
+            for i in range(WARMUP_RUNS + TIMED_RUNS):
+                start = perf_counter()
+                out = self.run(x)
+                if i >= WARMUP_RUNS:
+                    times.append(perf_counter() - start)
+        except Exception as exc:  # ORT raises its own exception types per failure
+            raise StartupError(f"{self.onnx_path}: a warm-up batch of 1 fails in ONNX Runtime: {exc}") from exc
+        if out.shape != (1, self.num_classes):
+            raise StartupError(f"{self.onnx_path}: a batch of 1 gives logits of shape {list(out.shape)}; expected [1, {self.num_classes}]")
+        self.batch1_s = statistics.median(times)
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -168,7 +191,7 @@ def load_version(
     else:
         delay = 0
     accuracy = meta.get(repo.Meta.TEST_ACCURACY)
-    return ModelVersion(
+    mv = ModelVersion(
         name=entry.name,
         version=entry.version,
         onnx_path=path,
@@ -193,3 +216,5 @@ def load_version(
         max_queue_delay_us=max(delay, 0),
         verification=_read_verification(entry.verification_path),
     )
+    mv.warm_up()
+    return mv

@@ -12,6 +12,7 @@ DEFAULT_PORT = 8001  # Triton's gRPC port
 DEFAULT_METRICS_PORT = 8002  # Triton's metrics port
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
+DEFAULT_INLINE_MAX_US = 1000
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class Settings:
     grace_s: float = 10.0
     # Width x height an encoded Classify image may declare; larger ones are refused undecoded.
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    # The longest a batch may block the event loop when it runs there instead of on a worker
+    # thread (see server/inline.py); 0: always a worker thread.
+    inline_max_us: int = DEFAULT_INLINE_MAX_US
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -47,6 +51,8 @@ class Settings:
             raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
         if self.max_image_pixels < 1:
             raise ValueError(f"max_image_pixels must be >= 1, got {self.max_image_pixels}")
+        if self.inline_max_us < 0:
+            raise ValueError(f"inline_max_us must be >= 0, got {self.inline_max_us}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.device not in ("auto", "cpu", "cuda"):

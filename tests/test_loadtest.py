@@ -12,7 +12,7 @@ import pytest
 from edgecnn.cli import main
 from edgecnn.loadtest.plot import PlotUnavailable, plot_latency
 from edgecnn.loadtest.runner import Plan, split
-from edgecnn.loadtest.stats import StepResult, WorkerResult, new_histogram
+from edgecnn.loadtest.stats import StepResult, WorkerResult, new_histogram, pool_steps
 from edgecnn.loadtest.workload import Target
 from tests.conftest_server import self_signed_cert
 from tests.servers import MODEL, TOKEN, running_server
@@ -139,19 +139,35 @@ def test_plan_validation():
     assert split(5, 2) == [3, 2] and split(1, 4) == [1] and split(64, 2) == [32, 32]
 
 
-def test_step_merges_worker_histograms():
-    def worker(latencies_us: list[int], errors: dict[str, int], cpu_s: float) -> WorkerResult:
-        h = new_histogram()
-        for v in latencies_us:
-            h.record_value(v)
-        return WorkerResult(h.encode(), len(latencies_us), errors, elapsed_s=2.0, cpu_s=cpu_s, wall_s=2.0)
+def _worker(latencies_us: list[int], errors: dict[str, int], cpu_s: float, elapsed_s: float = 2.0) -> WorkerResult:
+    h = new_histogram()
+    for v in latencies_us:
+        h.record_value(v)
+    return WorkerResult(h.encode(), len(latencies_us), errors, elapsed_s=elapsed_s, cpu_s=cpu_s, wall_s=2.0)
 
-    step = StepResult("closed", 4, None, 1, [worker([1000] * 90, {"UNAVAILABLE": 1}, 1.95), worker([9000] * 10, {"UNAVAILABLE": 2, "INTERNAL": 1}, 0.5)])
+
+def test_step_merges_worker_histograms():
+    step = StepResult("closed", 4, None, 1, [_worker([1000] * 90, {"UNAVAILABLE": 1}, 1.95), _worker([9000] * 10, {"UNAVAILABLE": 2, "INTERNAL": 1}, 0.5)])
     d = step.to_dict()
     assert (d["ok"], d["requests"], d["errors"]) == (100, 104, {"INTERNAL": 1, "UNAVAILABLE": 3})
     assert d["req_per_s"] == 50.0
     assert d["latency_ms"]["p50"] == pytest.approx(1.0, rel=0.01) and d["latency_ms"]["p95"] == pytest.approx(9.0, rel=0.01)
     assert d["client_cpu"] == [0.975, 0.25] and d["client_saturated"] is True
+
+
+def test_pool_steps_adds_runs_and_merges_their_histograms():
+    fast = StepResult("closed", 4, None, 2, [_worker([1000] * 100, {}, 0.4), _worker([1000] * 100, {}, 0.2)]).to_dict()
+    slow = StepResult("closed", 4, None, 2, [_worker([3000] * 50, {"UNAVAILABLE": 1}, 1.9, 3.0), _worker([3000] * 50, {}, 0.1)]).to_dict()
+    pooled = pool_steps([fast, slow])
+    assert (pooled["ok"], pooled["requests"], pooled["errors"]) == (300, 301, {"UNAVAILABLE": 1})
+    assert pooled["req_per_s"] == pytest.approx(300 / 5.0) and pooled["images_per_s"] == pytest.approx(2 * 300 / 5.0)
+    assert pooled["latency_ms"]["p50"] == pytest.approx(1.0, rel=0.01) and pooled["latency_ms"]["p90"] == pytest.approx(3.0, rel=0.01)
+    assert pooled["client_cpu"] == [0.95, 0.1] and pooled["client_saturated"] is True
+    assert [run["req_per_s"] for run in pooled["runs"]] == [100.0, pytest.approx(100 / 3, abs=0.01)]
+    with pytest.raises(ValueError, match="one concurrency"):
+        pool_steps([fast, {**slow, "concurrency": 8}])
+    with pytest.raises(ValueError, match="no steps"):
+        pool_steps([])
 
 
 def test_plot_says_it_needs_matplotlib(monkeypatch, tmp_path):

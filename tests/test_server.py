@@ -35,6 +35,7 @@ from tests.servers import free_port
 from edgecnn.protos import classifier_pb2, classifier_pb2_grpc, inference_pb2, inference_pb2_grpc
 from edgecnn.server import ServerThread, Settings, StartupError
 from edgecnn.server.device import gpu_present
+from edgecnn.server.inline import NEVER
 from edgecnn.server.settings import DEFAULT_MAX_IMAGE_PIXELS
 
 MARGIN = 1e-3  # logits closer than this may swap places between two float paths
@@ -119,19 +120,23 @@ def wait_until(condition, what: str) -> None:
 
 
 class Gate:
-    """Holds a model version's ONNX Runtime calls until .open is set; .started: one is held."""
+    """Holds a batcher's ONNX Runtime calls until .open is set; .held counts the calls held.
+    Its batches run on worker threads (never inline: a held call must not block the event loop)."""
 
-    def __init__(self, mv, monkeypatch) -> None:
-        self.started = threading.Event()
+    def __init__(self, batcher, monkeypatch) -> None:
         self.open = threading.Event()
-        run = mv.run
+        self.held = 0
+        lock = threading.Lock()
+        run = batcher.mv.run
 
         def held_run(x: np.ndarray) -> np.ndarray:
-            self.started.set()
+            with lock:
+                self.held += 1
             self.open.wait(TIMEOUT)
             return run(x)
 
-        monkeypatch.setattr(mv, "run", held_run)
+        monkeypatch.setattr(batcher.mv, "run", held_run)
+        monkeypatch.setattr(batcher, "inline", NEVER)
 
 
 # --- Open Inference Protocol through tritonclient -------------------------------------------
@@ -318,12 +323,14 @@ def test_classify_errors(classifier_stub, fashion):
 
 def test_deadline_is_honoured(server, infer_stub, fashion, monkeypatch):
     batcher = server.server.state.batchers[("lenet5-batched", 1)]
-    gate = Gate(batcher.mv, monkeypatch)
+    gate = Gate(batcher, monkeypatch)
     before = scrape(server)
     try:
-        blocker = infer_stub.ModelInfer.future(infer_request("lenet5-batched", fashion["x"][:1]), timeout=TIMEOUT)
-        assert gate.started.wait(TIMEOUT)
-        # A batch is running, so this request waits (up to the 100 ms delay) for company: its deadline passes first.
+        blockers = [
+            infer_stub.ModelInfer.future(infer_request("lenet5-batched", fashion["x"][:1]), timeout=TIMEOUT) for _ in range(batcher.slots)
+        ]
+        wait_until(lambda: gate.held == batcher.slots, "every compute slot to hold a batch")
+        # Every slot is busy, so this request waits in the queue: its deadline passes first.
         with pytest.raises(grpc.RpcError) as info:
             infer_stub.ModelInfer(infer_request("lenet5-batched", fashion["x"][1:3]), timeout=BATCHED_DELAY_US / 1e6 / 5)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -332,11 +339,11 @@ def test_deadline_is_honoured(server, infer_stub, fashion, monkeypatch):
         wait_until(lambda: sample(scrape(server), "edgecnn_requests_total", **expired) > seen, "the server to see the deadline pass")
     finally:
         gate.open.set()
-    assert blocker.result().outputs
+    assert all(blocker.result().outputs for blocker in blockers)
     after = scrape(server)
     labels = {"model": "lenet5-batched", "version": "1"}
     # The expired request was dropped from the queue, never computed.
-    assert sample(after, "edgecnn_batch_size_sum", **labels) - sample(before, "edgecnn_batch_size_sum", **labels) == 1
+    assert sample(after, "edgecnn_batch_size_sum", **labels) - sample(before, "edgecnn_batch_size_sum", **labels) == batcher.slots
     assert sample(after, "edgecnn_queue_depth", **labels) == 0
     assert infer_stub.ModelInfer(infer_request("lenet5-batched", fashion["x"][:1]), timeout=TIMEOUT).outputs
 
@@ -345,7 +352,7 @@ def test_deadline_is_honoured(server, infer_stub, fashion, monkeypatch):
 
 
 def test_concurrent_requests_are_batched_with_unchanged_results(server, infer_stub, repository, fashion, monkeypatch):
-    gate = Gate(server.server.state.batchers[("lenet5-batched", 1)].mv, monkeypatch)
+    gate = Gate(server.server.state.batchers[("lenet5-batched", 1)], monkeypatch)
     before = scrape(server)
     xs = [fashion["x"][i : i + 1 + i % 3] for i in range(12)]
     try:
@@ -380,6 +387,44 @@ def test_lone_request_is_not_delayed(server, infer_stub, fashion):
     assert sample(after, "edgecnn_batch_size_count", **labels) - sample(before, "edgecnn_batch_size_count", **labels) == 5
     # The old batcher held each one for the full delay (5 x 100 ms); together they now wait less than one delay.
     assert waits < BATCHED_DELAY_US / 1e6, f"5 lone requests waited {waits:.3f} s in the queue"
+
+
+def _threads_that_ran(batcher, monkeypatch) -> list[str]:
+    names: list[str] = []
+    run = batcher.mv.run
+
+    def recording_run(x: np.ndarray) -> np.ndarray:
+        names.append(threading.current_thread().name)
+        return run(x)
+
+    monkeypatch.setattr(batcher.mv, "run", recording_run)
+    return names
+
+
+@pytest.mark.parametrize("model", ["lenet5", "lenet5-batched"])
+def test_small_model_runs_inline_on_the_event_loop(server, infer_stub, fashion, monkeypatch, model):
+    """LeNet-5's forward pass costs less than handing it to a worker thread: the loop runs it."""
+    batcher = server.server.state.batchers[(model, 1)]
+    assert 0 < batcher.mv.batch1_s < 0.1, "the warm-up measured the batch-1 time"
+    names = _threads_that_ran(batcher, monkeypatch)
+    for i in range(3):
+        response = infer_stub.ModelInfer(infer_request(model, fashion["x"][i : i + 1], version="1"), timeout=TIMEOUT)
+        assert logits_of(response).shape == (1, 10)
+    assert names == ["edgecnn-server"] * 3, names
+
+
+def test_inline_off_runs_on_worker_threads(repository, fashion, monkeypatch):
+    settings = Settings(repository=repository["dir"], host="127.0.0.1", port=0, metrics_port=None, device="cpu", inline_max_us=0)
+    with ServerThread(settings) as running, grpc.insecure_channel(running.address) as ch:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(ch)
+        for model in ("lenet5", "lenet5-batched"):
+            names = _threads_that_ran(running.server.state.batchers[(model, 1)], monkeypatch)
+            x = fashion["x"][:2]
+            np.testing.assert_allclose(
+                logits_of(stub.ModelInfer(infer_request(model, x, version="1"), timeout=TIMEOUT)),
+                reference_logits(repository["v1"] if model == "lenet5" else repository["batched"], x), rtol=1e-5, atol=1e-6,
+            )
+            assert len(names) == 1 and names[0].startswith("edgecnn-ort"), names
 
 
 def test_metrics_scrape(server, infer_stub, fashion):
@@ -474,11 +519,12 @@ def test_queue_full_is_resource_exhausted(repository, fashion, monkeypatch):
     with ServerThread(settings) as running, grpc.insecure_channel(running.address) as ch:
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(ch)
         request = infer_request("lenet5", fashion["x"][:1], version="1")
-        gate = Gate(running.server.state.batchers[("lenet5", 1)].mv, monkeypatch)
+        batcher = running.server.state.batchers[("lenet5", 1)]
+        gate = Gate(batcher, monkeypatch)
         try:
-            futures = [stub.ModelInfer.future(request, timeout=TIMEOUT)]
-            assert gate.started.wait(TIMEOUT)
-            # The first batch is held: the next request waits in the queue and fills it.
+            futures = [stub.ModelInfer.future(request, timeout=TIMEOUT) for _ in range(batcher.slots)]
+            wait_until(lambda: gate.held == batcher.slots, "every compute slot to hold a batch")
+            # Every slot is held: the next request waits in the queue and fills it.
             futures += [stub.ModelInfer.future(request, timeout=TIMEOUT) for _ in range(3)]
             wait_until(lambda: any(f.done() for f in futures), "a request to be refused")
         finally:

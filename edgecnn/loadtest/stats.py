@@ -32,6 +32,52 @@ def percentile_key(p: float) -> str:
     return f"p{p:g}"
 
 
+def latency_ms(h: HdrHistogram) -> dict[str, float | None]:
+    keys = [percentile_key(p) for p in PERCENTILES] + ["max", "mean", "min"]
+    if h.get_total_count() == 0:
+        return dict.fromkeys(keys)
+    values = {percentile_key(p): h.get_value_at_percentile(p) for p in PERCENTILES}
+    values.update(max=h.get_max_value(), mean=h.get_mean_value(), min=h.get_min_value())
+    return {k: round(v / 1000.0, 4) for k, v in values.items()}
+
+
+def pool_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """One closed-loop step measured several times (the `steps` entries of loadtest JSON
+    reports) as one: counts and durations added, latencies from the merged histograms, the
+    busiest client process per slot, and each run's req/s and p50 under `runs`."""
+    if not steps:
+        raise ValueError("no steps to pool")
+    first = steps[0]
+    if any(s["mode"] != "closed" or s["concurrency"] != first["concurrency"] for s in steps):
+        raise ValueError("can pool only closed-loop steps of one concurrency")
+    histogram = new_histogram()
+    errors: Counter[str] = Counter()
+    for step in steps:
+        histogram.decode_and_add(step["histogram"].encode("ascii"))
+        errors.update(step["errors"])
+    ok = sum(s["ok"] for s in steps)
+    duration = sum(s["duration_s"] for s in steps)
+    req_per_s = ok / duration if duration > 0 else 0.0
+    images_per_request = first["images_per_s"] / first["req_per_s"] if first["req_per_s"] else 1.0
+    client_cpu = [max(cpu) for cpu in zip(*(s["client_cpu"] for s in steps))]
+    return {
+        "mode": "closed",
+        "concurrency": first["concurrency"],
+        "rate": None,
+        "requests": sum(s["requests"] for s in steps),
+        "ok": ok,
+        "errors": dict(sorted(errors.items())),
+        "duration_s": round(duration, 4),
+        "req_per_s": round(req_per_s, 2),
+        "images_per_s": round(req_per_s * images_per_request, 2),
+        "latency_ms": latency_ms(histogram),
+        "client_cpu": client_cpu,
+        "client_saturated": any(s["client_saturated"] for s in steps),
+        "histogram": histogram.encode().decode("ascii"),
+        "runs": [{"req_per_s": s["req_per_s"], "p50_ms": s["latency_ms"]["p50"]} for s in steps],
+    }
+
+
 @dataclass
 class WorkerResult:
     """What one client process measured in one step (picklable; the histogram travels encoded)."""
@@ -105,13 +151,7 @@ class StepResult:
         return any(share >= SATURATION_CPU for share in self.client_cpu)
 
     def latency_ms(self) -> dict[str, float | None]:
-        h = self.histogram
-        keys = [percentile_key(p) for p in PERCENTILES] + ["max", "mean", "min"]
-        if h.get_total_count() == 0:
-            return dict.fromkeys(keys)
-        values = {percentile_key(p): h.get_value_at_percentile(p) for p in PERCENTILES}
-        values.update(max=h.get_max_value(), mean=h.get_mean_value(), min=h.get_min_value())
-        return {k: round(v / 1000.0, 4) for k, v in values.items()}
+        return latency_ms(self.histogram)
 
     def to_dict(self) -> dict[str, Any]:
         result: dict[str, Any] = {
