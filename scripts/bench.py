@@ -331,8 +331,8 @@ def write_markdown(results: dict, path: Path, plot_name: str | None) -> None:
         "tensor, runs ONNX Runtime and encodes the logits (no validation, metrics, auth or batching).",
         f"- (c) **batching-off** / (d) **batching-on**: `edgecnn serve` with `--max-queue-delay-us 0` / "
         f"`--max-queue-delay-us {s['batch_delay_us']}` (max batch 64), otherwise its defaults: validation, "
-        "metrics, a work-conserving batcher, and batches cheaper than the hand-off to a worker thread (or up to "
-        "1 ms when nothing else is in flight) run on the event loop thread (server/inline.py).",
+        "metrics, a work-conserving batcher, and batches estimated within 1 ms run on the event loop thread "
+        "instead of a worker thread (server/inline.py).",
         f"- Client: `edgecnn loadtest --api infer --batch-size 1 --concurrency {s['concurrency']} --duration "
         f"{s['duration']} --warmup {s['warmup']} --processes {s['processes']}` (closed loop, random float32 tensors, "
         "raw_input_contents). Latencies are end to end at the client, from HDR histograms.",

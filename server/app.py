@@ -31,7 +31,6 @@ from .batching import Batcher
 from .device import CUDA, providers_for
 from .discovery import NOT_SERVING, SERVING, Health
 from .errors import StartupError
-from .inline import InlinePolicy, measure_handoff
 from .metrics import Metrics
 from .registry import load_registry
 from .settings import Settings
@@ -121,15 +120,10 @@ class InferenceServer:
         load = functools.partial(load_registry, s.repository, providers, s.threads, s.max_batch_size, s.max_queue_delay_us)
         registry = await asyncio.get_running_loop().run_in_executor(self._executor, load)
         self.state.registry = registry
-        inline = InlinePolicy(await measure_handoff(self._executor), s.inline_max_us * 1e-6, lambda: self.state.inflight)
-        log.info(
-            "executor hand-off %.0f us: batches expected to take less run inline, and up to %d us when nothing else is in flight",
-            inline.handoff_s * 1e6, s.inline_max_us,
-        )
         for mv in registry.all():
             # One batch at a time on a GPU: requests queue behind it and merge into the next batch.
             slots = 1 if mv.provider == CUDA else self._workers
-            batcher = Batcher(mv, self._executor, self.metrics.add_model(mv), s.max_queue, slots, inline)
+            batcher = Batcher(mv, self._executor, self.metrics.add_model(mv), s.max_queue, slots, s.inline_max_us * 1e-6)
             self.state.batchers[(mv.name, mv.version)] = batcher
         used = sorted({mv.provider for mv in registry.all()})
         log.info("execution provider: %s (asked for --device %s)", ", ".join(used), s.device)

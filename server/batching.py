@@ -1,18 +1,24 @@
 """Dynamic batching per model version.
 
 Queued requests run as batches: concatenated, one ONNX Runtime call, logits scattered back in
-order; a request is never split across batches. Up to `slots` batches (the ONNX Runtime calls
-that can run at once: the executor's workers on a CPU, one on a GPU) are in flight.
+order; a request is never split across batches. `slots` is the number of ONNX Runtime calls
+that can run at once (the executor's workers on a CPU, one on a GPU); twice as many batches may
+be in flight, so that a worker finishing a batch finds the next one already queued instead of
+idling until the event loop gets round to forming it.
 
-The policy is work-conserving: a free slot at once takes everything pending, up to
-max_batch_size rows, and never holds a request back waiting for a fuller batch. Requests that
-arrive while every slot is busy merge into the next batch, so batches grow with the load by
-themselves. A positive max_queue_delay_microseconds turns batching on, as in Triton, but is not
+The policy is work-conserving: a free place takes its share of what is pending at once (the
+pending rows spread evenly over the free places, up to max_batch_size) and never holds a request
+back waiting for a fuller batch. Requests that arrive while every place is taken merge into the
+next batches, so batches grow with the load by themselves, and while fewer requests wait than
+there are places each still gets its own (on a CPU, two rows on one core take about as long as
+one row on each of two cores). A positive max_queue_delay_microseconds turns batching on, as in Triton, but is not
 waited out: waiting for more rows while a slot is free idles a core, and on the 2-core CPU of
 docs/benchmarks.md it lowered throughput at every concurrency.
 With batching off (max batch <= 1 or no delay) every request is its own ONNX Runtime call.
 
-A batch runs on the event loop thread instead of a worker thread when inline.py says so.
+A request runs at once on the event loop thread (inline.py) when nothing is pending and none of
+the model's batches is on a worker thread; pending requests are then taken in batches that fit
+the inline budget, one after another.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from time import perf_counter
 import numpy as np
 
 from .errors import QueueFull, Unavailable
-from .inline import NEVER, InlinePolicy
+from .inline import runs_inline
 from .metrics import ModelMetrics
 from .runtime import ModelVersion
 
@@ -53,18 +59,20 @@ class Batcher:
         metrics: ModelMetrics,
         max_queue: int,
         slots: int,
-        inline: InlinePolicy = NEVER,
+        inline_max_s: float = 0.0,
     ) -> None:
         self.mv = mv
         self._executor = executor
         self._metrics = metrics
         self._max_queue = max_queue
-        self.inline = inline
+        self.inline_max_s = inline_max_s
         self.max_batch = mv.max_batch_size
         self.batching = self.max_batch > 1 and mv.max_queue_delay_us > 0
         self.slots = max(1, slots)
+        self.max_in_flight = 2 * self.slots
         self._pending: collections.deque[_Item] = collections.deque()
-        self._running = 0  # batches on worker threads
+        self._pending_rows = 0
+        self._running = 0  # batches on or queued for worker threads
         self._scheduled = False  # a dispatch is queued on the loop (gathers same-tick arrivals)
         self._waiting = 0  # requests queued or running, for the off path's queue bound
         self._queue_full = (
@@ -79,6 +87,10 @@ class Batcher:
 
     async def infer(self, x: np.ndarray) -> np.ndarray:
         """Logits for x: float32 (N, C, H, W), N within the model's max batch size."""
+        if not self._pending and runs_inline(len(x) * self.mv.batch1_s, self.inline_max_s, self._running + self._waiting):
+            # Nothing to merge with, and no worker thread to hand over to: run now, on the loop.
+            self._metrics.queue_wait.observe(0.0)
+            return self._timed_compute(x)
         if not self.batching:
             return await self._infer_direct(x)
         if len(self._pending) >= self._max_queue:
@@ -86,6 +98,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         item = _Item(x, loop.create_future(), perf_counter())
         self._pending.append(item)
+        self._pending_rows += len(x)
         self._metrics.queue_depth.inc()
         if not self._scheduled:
             self._scheduled = True
@@ -93,9 +106,6 @@ class Batcher:
         return await item.future
 
     async def _infer_direct(self, x: np.ndarray) -> np.ndarray:
-        if self.inline.runs_inline(len(x) * self.mv.batch1_s, 1, self._waiting):
-            self._metrics.queue_wait.observe(0.0)
-            return self._timed_compute(x)
         if self._waiting >= self._max_queue:
             raise QueueFull(self._queue_full)
         self._waiting += 1
@@ -109,20 +119,28 @@ class Batcher:
         return self._timed_compute(x)
 
     def _dispatch(self) -> None:
-        """Start batches while requests are pending and a slot is free."""
+        """Start batches while requests are pending and fewer than max_in_flight run."""
         self._scheduled = False
-        while self._pending and self._running < self.slots:
+        while self._pending and self._running < self.max_in_flight:
             self._start_batch()
 
     def _take_batch(self) -> list[_Item]:
+        """The oldest pending requests: as many rows as run inline within the budget when no
+        batch is on a worker thread, else up to one free place's share of the pending rows."""
+        inline_rows = int(self.inline_max_s / self.mv.batch1_s) if self._running == 0 and self.mv.batch1_s > 0 else 0
+        if inline_rows:
+            share = min(self.max_batch, inline_rows)
+        else:
+            share = min(self.max_batch, -(-self._pending_rows // (self.max_in_flight - self._running)))
         batch: list[_Item] = []
         rows = 0
         while self._pending:
             item = self._pending[0]
             n = len(item.x)
-            if batch and rows + n > self.max_batch:
+            if batch and rows + n > share:
                 break
             self._pending.popleft()
+            self._pending_rows -= n
             self._metrics.queue_depth.dec()
             if item.future.done():  # cancelled: the client's deadline passed or it went away
                 continue
@@ -138,7 +156,7 @@ class Batcher:
         for item in batch:
             self._metrics.queue_wait.observe(start - item.enqueued)
         x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
-        if self.inline.runs_inline(len(x) * self.mv.batch1_s, len(batch), self._running):
+        if runs_inline(len(x) * self.mv.batch1_s, self.inline_max_s, self._running):
             try:
                 out = self._timed_compute(x)
             except Exception as exc:

@@ -55,9 +55,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--inline-max-us", type=int, default=DEFAULT_INLINE_MAX_US,
-        help="the longest a batch may run on the event loop thread, skipping the hand-off to a worker thread: it does "
-        "when cheaper than the hand-off or when nothing else is in flight; 0: never "
-        f"(default {DEFAULT_INLINE_MAX_US} microseconds)",
+        help="run a batch on the event loop thread instead of a worker thread when its estimated time (rows x the "
+        "model's warm batch-1 time) is at most this and none of the model's batches is on a worker thread; "
+        f"0: never (default {DEFAULT_INLINE_MAX_US} microseconds; see server/inline.py)",
     )
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
     parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")

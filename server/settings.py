@@ -39,7 +39,7 @@ class Settings:
     # Width x height an encoded Classify image may declare; larger ones are refused undecoded.
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     # The longest a batch may block the event loop when it runs there instead of on a worker
-    # thread (see server/inline.py); 0: always a worker thread.
+    # thread (server/inline.py); 0: always a worker thread.
     inline_max_us: int = DEFAULT_INLINE_MAX_US
 
     def __post_init__(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -35,7 +36,6 @@ from tests.servers import free_port
 from edgecnn.protos import classifier_pb2, classifier_pb2_grpc, inference_pb2, inference_pb2_grpc
 from edgecnn.server import ServerThread, Settings, StartupError
 from edgecnn.server.device import gpu_present
-from edgecnn.server.inline import NEVER
 from edgecnn.server.settings import DEFAULT_MAX_IMAGE_PIXELS
 
 MARGIN = 1e-3  # logits closer than this may swap places between two float paths
@@ -136,7 +136,7 @@ class Gate:
             return run(x)
 
         monkeypatch.setattr(batcher.mv, "run", held_run)
-        monkeypatch.setattr(batcher, "inline", NEVER)
+        monkeypatch.setattr(batcher, "inline_max_s", 0.0)
 
 
 # --- Open Inference Protocol through tritonclient -------------------------------------------
@@ -327,10 +327,12 @@ def test_deadline_is_honoured(server, infer_stub, fashion, monkeypatch):
     before = scrape(server)
     try:
         blockers = [
-            infer_stub.ModelInfer.future(infer_request("lenet5-batched", fashion["x"][:1]), timeout=TIMEOUT) for _ in range(batcher.slots)
+            infer_stub.ModelInfer.future(infer_request("lenet5-batched", fashion["x"][:1]), timeout=TIMEOUT)
+            for _ in range(batcher.max_in_flight)
         ]
         wait_until(lambda: gate.held == batcher.slots, "every compute slot to hold a batch")
-        # Every slot is busy, so this request waits in the queue: its deadline passes first.
+        wait_until(lambda: server.server.state.inflight >= batcher.max_in_flight, "every blocker in the server")
+        # As many batches as may be in flight are, so this request waits in the queue: its deadline passes first.
         with pytest.raises(grpc.RpcError) as info:
             infer_stub.ModelInfer(infer_request("lenet5-batched", fashion["x"][1:3]), timeout=BATCHED_DELAY_US / 1e6 / 5)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -343,7 +345,7 @@ def test_deadline_is_honoured(server, infer_stub, fashion, monkeypatch):
     after = scrape(server)
     labels = {"model": "lenet5-batched", "version": "1"}
     # The expired request was dropped from the queue, never computed.
-    assert sample(after, "edgecnn_batch_size_sum", **labels) - sample(before, "edgecnn_batch_size_sum", **labels) == batcher.slots
+    assert sample(after, "edgecnn_batch_size_sum", **labels) - sample(before, "edgecnn_batch_size_sum", **labels) == batcher.max_in_flight
     assert sample(after, "edgecnn_queue_depth", **labels) == 0
     assert infer_stub.ModelInfer(infer_request("lenet5-batched", fashion["x"][:1]), timeout=TIMEOUT).outputs
 
@@ -522,9 +524,12 @@ def test_queue_full_is_resource_exhausted(repository, fashion, monkeypatch):
         batcher = running.server.state.batchers[("lenet5", 1)]
         gate = Gate(batcher, monkeypatch)
         try:
-            futures = [stub.ModelInfer.future(request, timeout=TIMEOUT) for _ in range(batcher.slots)]
+            futures = []
+            for i in range(batcher.max_in_flight):  # one at a time: two in one event-loop tick would fill the queue
+                futures.append(stub.ModelInfer.future(request, timeout=TIMEOUT))
+                wait_until(lambda: running.server.state.inflight == i + 1, f"blocker {i + 1} in the server")
             wait_until(lambda: gate.held == batcher.slots, "every compute slot to hold a batch")
-            # Every slot is held: the next request waits in the queue and fills it.
+            # As many batches as may be in flight are: the next request waits in the queue and fills it.
             futures += [stub.ModelInfer.future(request, timeout=TIMEOUT) for _ in range(3)]
             wait_until(lambda: any(f.done() for f in futures), "a request to be refused")
         finally:
@@ -649,6 +654,26 @@ def test_cli_startup_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cmd_serve.run(parser.parse_args(["--repository", str(tmp_path / "empty"), "--port", "0", "--metrics-port", "-1"])) == 2
     assert "holds no model" in capsys.readouterr().err
+
+
+def test_a_model_that_cannot_run_fails_at_startup(repository, tmp_path):
+    """The load-time warm-up runs a batch of zeros: metadata that lies about the input shape
+    stops the start instead of failing every request."""
+    import onnx
+
+    from edgecnn import repository as repo
+
+    shutil.copytree(repository["dir"] / "lenet5", tmp_path / "repo" / "lenet5")
+    shutil.rmtree(tmp_path / "repo" / "lenet5" / "2")
+    path = tmp_path / "repo" / "lenet5" / "1" / "model.onnx"
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == repo.Meta.INPUT_SHAPE:
+            prop.value = json.dumps([1, 32, 32])
+    onnx.save(model, str(path))
+    settings = Settings(repository=tmp_path / "repo", host="127.0.0.1", port=0, metrics_port=None, device="cpu")
+    with pytest.raises(StartupError, match="a warm-up batch of 1 fails in ONNX Runtime"):
+        ServerThread(settings).start()
 
 
 @pytest.mark.cuda
