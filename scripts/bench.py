@@ -7,13 +7,13 @@ For LeNet-5, the CIFAR CNN and MobileNetV2 it measures
   (c) `edgecnn serve` with dynamic batching off, and (d) on,
 with the same client (`edgecnn loadtest`, KServe V2 ModelInfer, batch 1) over the same
 concurrency sweep, and writes docs/benchmarks.md and docs/benchmarks.png. Every server loads
-only the model under test (one repository per model). The three servers of a model run side by
-side and are measured in interleaved rounds (the order rotating each round), so a neighbour's
-burst or a drift of the machine hits all three alike; each step pools its rounds. Where a CUDA
-GPU is usable (nvidia-smi and ONNX Runtime's CUDAExecutionProvider), every leg runs again with
---device cuda. Timing goals are reported as met / not met, never asserted.
+only the model under test (one repository per model). The three servers of a model are measured
+in interleaved rounds (the order rotating each round, a fresh server process each time), so a
+neighbour's burst or a drift of the machine hits all three alike; each step pools its rounds.
+Where a CUDA GPU is usable (nvidia-smi and ONNX Runtime's CUDAExecutionProvider), every leg runs
+again with --device cuda. Timing goals are reported as met / not met, never asserted.
 
-    python scripts/bench.py            # ~10 minutes on 2 cores
+    python scripts/bench.py            # ~12 minutes on 2 cores
     python scripts/bench.py --quick    # ~2 minutes: one round of 1 s steps
 """
 
@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,20 +207,17 @@ def pool_rounds(reports: list[dict]) -> dict:
 
 
 def measure_servers(model: BenchModel, device: str, args: argparse.Namespace, log) -> dict[str, dict]:
-    """Every server kind up at once; `args.rounds` rounds of the sweep, interleaved and rotated."""
+    """`args.rounds` rounds of the sweep for every server kind, interleaved and rotated; each round
+    starts a fresh server process (so one process's luck with memory placement is averaged out)."""
     kinds = list(SERVERS)
     reports: dict[str, list[dict]] = {kind: [] for kind in kinds}
-    with ExitStack() as stack:
-        addresses = {}
-        for kind in kinds:
+    for r in range(args.rounds):
+        for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
+            log(f"{model.name}: {SERVERS[kind]} ({device}), round {r + 1}/{args.rounds}")
             cmd, ready = server_command(kind, model, args.threads, args.batch_delay_us, device)
-            log_path = args.workdir / f"{model.name}-{kind}-{device}.log"
-            addresses[kind] = stack.enter_context(running(cmd, ready, log_path))
-        for r in range(args.rounds):
-            for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
-                log(f"{model.name}: {SERVERS[kind]} ({device}), round {r + 1}/{args.rounds}")
-                out = args.workdir / f"{model.name}-{kind}-{device}-round{r + 1}.json"
-                reports[kind].append(loadtest(addresses[kind], model.name, args, out))
+            stem = args.workdir / f"{model.name}-{kind}-{device}-round{r + 1}"
+            with running(cmd, ready, stem.with_suffix(".log")) as address:
+                reports[kind].append(loadtest(address, model.name, args, stem.with_suffix(".json")))
     return {kind: pool_rounds(reports[kind]) for kind in kinds}
 
 
@@ -336,9 +333,10 @@ def write_markdown(results: dict, path: Path, plot_name: str | None) -> None:
         f"- Client: `edgecnn loadtest --api infer --batch-size 1 --concurrency {s['concurrency']} --duration "
         f"{s['duration']} --warmup {s['warmup']} --processes {s['processes']}` (closed loop, random float32 tensors, "
         "raw_input_contents). Latencies are end to end at the client, from HDR histograms.",
-        f"- The three servers of a model run side by side and are measured in {s['rounds']} interleaved round(s), "
-        "the order rotating each round; a table row pools its rounds (requests over total time, percentiles of "
-        "the merged histograms) and lists each round's req/s, which shows the run-to-run noise.",
+        f"- The three servers of a model are measured in {s['rounds']} interleaved round(s), the order rotating "
+        "each round and each round starting a fresh server process; a table row pools its rounds (requests over "
+        "total time, percentiles of the merged histograms) and lists each round's req/s, which shows the "
+        "run-to-run noise.",
         "",
         "## Models",
         "",
@@ -427,8 +425,8 @@ def write_plot(results: dict, path: Path) -> bool:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one round of 1 s steps, 0.5 s warm-up")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per server, pooled")
-    parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per step and round")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds per server, pooled")
+    parser.add_argument("--duration", type=float, default=2.5, help="measured seconds per step and round")
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per step")
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")

@@ -11,9 +11,10 @@ pending rows spread evenly over the free places, up to max_batch_size) and never
 back waiting for a fuller batch. Requests that arrive while every place is taken merge into the
 next batches, so batches grow with the load by themselves, and while fewer requests wait than
 there are places each still gets its own (on a CPU, two rows on one core take about as long as
-one row on each of two cores). A positive max_queue_delay_microseconds turns batching on, as in Triton, but is not
-waited out: waiting for more rows while a slot is free idles a core, and on the 2-core CPU of
-docs/benchmarks.md it lowered throughput at every concurrency.
+one row on each of two cores). A positive max_queue_delay_microseconds turns batching on, as in
+Triton, but is not waited out: waiting for more rows while a slot is free idles a core (an
+earlier batcher that waited served 0.84-0.87x the requests of batching off at concurrency 4 on
+the 2-core machine of docs/benchmarks.md).
 With batching off (max batch <= 1 or no delay) every request is its own ONNX Runtime call.
 
 A request runs at once on the event loop thread (inline.py) when nothing is pending and none of
