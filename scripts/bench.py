@@ -13,7 +13,7 @@ neighbour's burst or a drift of the machine hits all three alike; each step pool
 Where a CUDA GPU is usable (nvidia-smi and ONNX Runtime's CUDAExecutionProvider), every leg runs
 again with --device cuda. Timing goals are reported as met / not met, never asserted.
 
-    python scripts/bench.py            # ~12 minutes on 2 cores
+    python scripts/bench.py            # ~15 minutes on 2 cores
     python scripts/bench.py --quick    # ~2 minutes: one round of 1 s steps
 """
 
@@ -425,9 +425,9 @@ def write_plot(results: dict, path: Path) -> bool:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one round of 1 s steps, 0.5 s warm-up")
-    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds per server, pooled")
-    parser.add_argument("--duration", type=float, default=2.5, help="measured seconds per step and round")
-    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per step")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds per server, pooled")
+    parser.add_argument("--duration", type=float, default=2.0, help="measured seconds per step and round")
+    parser.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per step")
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for every server")

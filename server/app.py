@@ -121,7 +121,8 @@ class InferenceServer:
         registry = await asyncio.get_running_loop().run_in_executor(self._executor, load)
         self.state.registry = registry
         for mv in registry.all():
-            # One batch at a time on a GPU: requests queue behind it and merge into the next batch.
+            # A GPU is one compute slot: at most two batches in flight (one computing while the next is
+            # handed over); requests queue behind them and merge into the next batch.
             slots = 1 if mv.provider == CUDA else self._workers
             batcher = Batcher(mv, self._executor, self.metrics.add_model(mv), s.max_queue, slots, s.inline_max_us * 1e-6)
             self.state.batchers[(mv.name, mv.version)] = batcher
