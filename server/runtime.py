@@ -79,7 +79,8 @@ class ModelVersion:
         return len(self.labels)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Logits for a float32 (N, C, H, W) batch; blocking, call it off the event loop."""
+        """Logits for a float32 (N, C, H, W) batch; blocking (the batcher decides whether the event
+        loop or a worker thread calls it: inline.py)."""
         return self.session.run([self.output_name], {self.input_name: batch})[0]
 
     def warm_up(self) -> None:
