@@ -319,7 +319,8 @@ def write_markdown(results: dict, path: Path, plot_name: str | None) -> None:
         "",
         "- Every server runs as its own process on 127.0.0.1, loads only the model under test, and uses the same "
         f"ONNX Runtime settings: CPU provider, ORT_ENABLE_ALL, {s['threads']} intra-op thread(s), 1 inter-op thread; "
-        "ONNX Runtime runs on an executor thread pool in both the floor server and edgecnn. Legs marked "
+        "the floor server runs ONNX Runtime on an executor thread pool, as edgecnn does for batches over its "
+        "inline budget. Legs marked "
         f"`{CUDA_SUFFIX}` use the CUDA provider instead (run only where a GPU is usable: devices here "
         f"{', '.join(s['devices'])}).",
         "- (a) **onnxruntime**: the session called in-process, batch 1 back-to-back (one caller, then "
