@@ -69,27 +69,6 @@ class BenchModel:
 # --- models --------------------------------------------------------------------------------------
 
 
-def _fixed_seed_run(name: str, run_dir: Path) -> Path:
-    """A checkpoint of untrained, fixed-seed weights with CIFAR-10's labels and normalization."""
-    import torch
-
-    from edgecnn.training.checkpoint import save_checkpoint
-    from edgecnn.training.datasets import DATASETS
-    from edgecnn.training.models import build_model, count_parameters
-
-    info = DATASETS["cifar10"]
-    torch.manual_seed(0)
-    model = build_model(name, in_channels=3, num_classes=10).eval()
-    meta = {
-        "model": name, "model_kwargs": {"in_channels": 3, "num_classes": 10}, "input_shape": list(info.shape),
-        "dataset": "cifar10", "classes": list(info.classes), "mean": list(info.mean), "std": list(info.std),
-        "params": count_parameters(model), "test_accuracy": None, "seed": 0, "torch_version": str(torch.__version__),
-    }  # fmt: skip
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(run_dir / "model.pt", model, meta)
-    return run_dir
-
-
 def _lenet5_run(workdir: Path, log) -> tuple[Path, str]:
     if (TRAINED_LENET5 / "model.pt").is_file():
         return TRAINED_LENET5, f"trained on Fashion-MNIST ({TRAINED_LENET5.relative_to(ROOT)})"
@@ -107,6 +86,7 @@ def _lenet5_run(workdir: Path, log) -> tuple[Path, str]:
 def prepare_models(workdir: Path, names: list[str], log) -> list[BenchModel]:
     """Export each model into its own fresh repository under workdir (torch is needed only here)."""
     from edgecnn.export.onnx_export import export_run
+    from edgecnn.export.untrained import fixed_seed_run
     from edgecnn.training.checkpoint import load_checkpoint
 
     shutil.rmtree(workdir / "repos", ignore_errors=True)
@@ -116,7 +96,7 @@ def prepare_models(workdir: Path, names: list[str], log) -> list[BenchModel]:
         if name == "lenet5":
             run_dir, weights = _lenet5_run(workdir, log)
         else:
-            run_dir, weights = _fixed_seed_run(name, workdir / "runs" / name), "fixed-seed random weights (no CIFAR-10 data here)"
+            run_dir, weights = fixed_seed_run(workdir / "runs" / name, name, "cifar10"), "fixed-seed random weights (no CIFAR-10 data here)"
         log(f"exporting {name}")
         entry = export_run(run_dir, repository, name=name, version=1, verify=False)
         _, meta = load_checkpoint(run_dir)

@@ -34,7 +34,7 @@ from time import perf_counter
 import numpy as np
 
 from .errors import QueueFull, Unavailable
-from .inline import runs_inline
+from .inline import inline_rows, runs_inline
 from .metrics import ModelMetrics
 from .runtime import ModelVersion
 
@@ -128,9 +128,9 @@ class Batcher:
     def _take_batch(self) -> list[_Item]:
         """The oldest pending requests: as many rows as run inline within the budget when no
         batch is on a worker thread, else up to one free place's share of the pending rows."""
-        inline_rows = int(self.inline_max_s / self.mv.batch1_s) if self._running == 0 and self.mv.batch1_s > 0 else 0
-        if inline_rows:
-            share = min(self.max_batch, inline_rows)
+        rows_inline = inline_rows(self.mv.batch1_s, self.inline_max_s) if self._running == 0 else 0
+        if rows_inline:
+            share = min(self.max_batch, rows_inline)
         else:
             share = min(self.max_batch, -(-self._pending_rows // (self.max_in_flight - self._running)))
         batch: list[_Item] = []

@@ -19,3 +19,9 @@ def runs_inline(estimate_s: float, max_s: float, running: int) -> bool:
     """estimate_s: the batch's expected compute time (NaN: unknown); max_s: the budget (0:
     never); running: the model's batches now on (or queued for) worker threads."""
     return running == 0 and estimate_s <= max_s
+
+
+def inline_rows(batch1_s: float, max_s: float) -> int:
+    """The most rows a batch may have and still fit the budget (0 when no row does or the
+    batch-1 time is unknown)."""
+    return int(max_s / batch1_s) if batch1_s > 0 else 0

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from edgecnn.server.inline import runs_inline
+from edgecnn.server.inline import inline_rows, runs_inline
 
 US = 1e-6
 
@@ -24,3 +24,9 @@ US = 1e-6
 )
 def test_runs_inline(estimate_us, max_us, running, inline):
     assert runs_inline(estimate_us * US, max_us * US, running) is inline
+
+
+def test_inline_rows():
+    assert inline_rows(60 * US, 1000 * US) == 16
+    assert inline_rows(3800 * US, 1000 * US) == 0
+    assert inline_rows(math.nan, 1000 * US) == 0

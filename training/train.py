@@ -237,7 +237,7 @@ def _check_input_fits(model: str, expected: tuple[int, int, int], got: tuple[int
     """MobileNetV2 adapts to any input; the CNNs need the spatial size, the MLPs the whole shape."""
     if model == "mobilenet-v2":
         return
-    compare = slice(0, 3) if model in ("mlp", "cifar-mlp") else slice(1, 3)
+    compare = slice(1, 3) if get_spec(model).takes_channels else slice(0, 3)
     if tuple(got[compare]) != tuple(expected[compare]):
         shape = lambda s: "x".join(map(str, s))  # noqa: E731
         raise ValueError(f"{model} takes {shape(expected[compare])} inputs; this dataset has {shape(got[compare])}")

@@ -3,9 +3,12 @@ for servers started with --tls-client-ca), for the sync client and the asyncio l
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import grpc
+
+from edgecnn.auth_token import read_token
 
 PathLike = Path | str
 
@@ -55,3 +58,15 @@ def open_aio_channel(
     target = parse_server(server)
     credentials = channel_credentials(tls_ca, tls_cert, tls_key)
     return grpc.aio.insecure_channel(target) if credentials is None else grpc.aio.secure_channel(target, credentials)
+
+
+def add_connection_args(parser: argparse.ArgumentParser) -> None:
+    """The TLS and token options every command that calls a server takes."""
+    parser.add_argument("--tls-ca", default=None, help="PEM file of the CA to trust (enables TLS)")
+    parser.add_argument("--tls-cert", default=None, help="PEM client certificate, for servers started with --tls-client-ca")
+    parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    parser.add_argument("--auth-token-file", default=None, help="file holding a bearer token")
+
+
+def token_from_args(args: argparse.Namespace) -> str | None:
+    return read_token(args.auth_token_file) if args.auth_token_file else None

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edgecnn.auth_token import read_token
 
+from .channel import add_connection_args, token_from_args
 from .client import ClientError, EdgeClient
 from .files import InputFileError, NamedImage, read_image_files
 from .health import DEFAULT_TIMEOUT_S
@@ -26,10 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", type=int, default=None, help="model version (default: the latest)")
     parser.add_argument("--top-k", type=int, default=3, help="classes to show per image, best first")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per call")
-    parser.add_argument("--tls-ca", default=None, help="PEM file of the CA to trust (enables TLS)")
-    parser.add_argument("--tls-cert", default=None, help="PEM client certificate, for servers started with --tls-client-ca")
-    parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
-    parser.add_argument("--auth-token-file", default=None, help="file holding a bearer token")
+    add_connection_args(parser)
 
 
 def format_table(images: list[NamedImage], predictions: list[list[Prediction]]) -> str:
@@ -58,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         if args.top_k < 1:
             raise ValueError(f"--top-k {args.top_k}: expected a positive number of classes")
         images = read_image_files(args.files)
-        token = read_token(args.auth_token_file) if args.auth_token_file else None
+        token = token_from_args(args)
         client = EdgeClient(
             args.server, args.model, args.version, tls_ca=args.tls_ca, token=token, timeout=args.timeout,
             tls_cert=args.tls_cert, tls_key=args.tls_key,

@@ -11,8 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from edgecnn.auth_token import read_token
-from edgecnn.client.channel import channel_credentials, parse_server
+from edgecnn.client.channel import add_connection_args, channel_credentials, parse_server, token_from_args
 from edgecnn.client.client import ClientError
 from edgecnn.client.messages import INPUT_NAME
 
@@ -61,10 +60,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv", type=Path, default=None, help="write one CSV row per step here")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG of latency percentiles vs throughput")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    parser.add_argument("--tls-ca", default=None, help="PEM file of the CA to trust (enables TLS)")
-    parser.add_argument("--tls-cert", default=None, help="PEM client certificate, for servers started with --tls-client-ca")
-    parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
-    parser.add_argument("--auth-token-file", default=None, help="file holding a bearer token")
+    add_connection_args(parser)
 
 
 def _fail(message: str) -> int:
@@ -75,10 +71,10 @@ def _fail(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         parse_server(args.server)
-        channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)  # every TLS file readable, before any process starts
+        credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)  # every TLS file readable, before any process starts
         if args.timeout <= 0:
             raise ValueError(f"--timeout {args.timeout}: expected a positive number of seconds")
-        token = read_token(args.auth_token_file) if args.auth_token_file else None
+        token = token_from_args(args)
         target = Target(
             args.server, args.model, args.version, args.api, args.tls_ca, token, args.timeout, args.tls_cert, args.tls_key
         )
@@ -104,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         "rate": args.rate, "duration_s": duration, "requests": args.requests, "warmup_s": args.warmup,
         "processes": args.processes, "timeout_s": args.timeout, "input_shape": [args.batch_size, *shape],
         "input": "random float32 tensors" if args.api == "infer" else "PNG-encoded random images",
-        "tls": args.tls_ca is not None or args.tls_cert is not None,
+        "tls": credentials is not None,
         "client_certificate": args.tls_cert is not None, "auth": token is not None, "seed": args.seed,
     }  # fmt: skip
     steps = run_plan(plan, progress=None if args.quiet else sys.stderr)
