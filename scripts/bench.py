@@ -41,8 +41,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without an install too
 from edgecnn.loadtest.stats import new_histogram, pool_steps, record_seconds  # noqa: E402
 from edgecnn.server.child import ChildProcess  # noqa: E402
 from edgecnn.server.cmd_serve import READY_LINE  # noqa: E402
-from edgecnn.server.device import CPU, CUDA, cuda_usable  # noqa: E402
-from edgecnn.server.runtime import session_options  # noqa: E402
+from edgecnn.server.device import cuda_usable, providers_for  # noqa: E402
+from edgecnn.server.runtime import open_session  # noqa: E402
 from machine import cpu_model, memory_gib  # noqa: E402  (scripts/machine.py)
 
 MODELS = ("lenet5", "cifar-cnn", "mobilenet-v2")
@@ -107,21 +107,12 @@ def prepare_models(workdir: Path, names: list[str], log) -> list[BenchModel]:
 # --- (a) in-process ONNX Runtime ---------------------------------------------------------------
 
 
-def ort_session(path: Path, threads: int, device: str):
-    import onnxruntime as ort
-
-    providers = [CUDA, CPU] if device == "cuda" else [CPU]
-    # session_options: the same settings as edgecnn serve and the floor server
-    return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
-
-
 def _ort_loop(session, x: np.ndarray, duration_s: float, callers: int) -> tuple[float, dict[str, float]]:
     """Runs per second and batch latency (ms) with `callers` threads calling back-to-back."""
     name = session.get_inputs()[0].name
     histogram = new_histogram()
     lock = threading.Lock()
     counts = []
-    end = time.perf_counter() + duration_s
 
     def caller() -> None:
         n = 0
@@ -132,8 +123,9 @@ def _ort_loop(session, x: np.ndarray, duration_s: float, callers: int) -> tuple[
             n += 1
         counts.append(n)
 
-    session.run(None, {name: x})  # warm-up
+    session.run(None, {name: x})  # warm-up (on CUDA the first call of a shape can take seconds)
     t0 = time.perf_counter()
+    end = t0 + duration_s
     threads = [threading.Thread(target=caller) for _ in range(callers)]
     for t in threads:
         t.start()
@@ -145,7 +137,7 @@ def _ort_loop(session, x: np.ndarray, duration_s: float, callers: int) -> tuple[
 
 
 def bench_onnxruntime(model: BenchModel, threads: int, duration_s: float, callers: int, device: str) -> dict:
-    session = ort_session(model.onnx, threads, device)
+    session = open_session(model.onnx, threads, providers_for(device))
     rng = np.random.default_rng(0)
     one = rng.standard_normal((1, *model.input_shape), dtype=np.float32)
     big = rng.standard_normal((64, *model.input_shape), dtype=np.float32)
@@ -244,29 +236,34 @@ def by_concurrency(report: dict) -> dict[int, dict]:
 def targets(results: dict) -> list[tuple[str, str, bool]]:
     """(goal, measured, met) rows."""
     rows = []
-    for name, servers in results["servers"].items():
-        if f"batching-on{CUDA_SUFFIX}" in servers:
-            on_gpu, off_gpu = by_concurrency(servers[f"batching-on{CUDA_SUFFIX}"]), by_concurrency(servers[f"batching-off{CUDA_SUFFIX}"])
-            top = max(off_gpu)
-            ratio = on_gpu[top]["req_per_s"] / off_gpu[top]["req_per_s"]
-            rows.append((f"{name} on the GPU: batching on is faster (c={top})", f"on/off = {ratio:.2f}x", ratio > 1.0))
-        floor, off, on = (by_concurrency(servers[k]) for k in ("floor", "batching-off", "batching-on"))
-        top, bottom = max(floor), min(floor)
-        ratio = off[top]["req_per_s"] / floor[top]["req_per_s"]
-        rows.append((f"{name}: batching off reaches >= 90% of the floor's req/s at c={top}",
-                     f"{off[top]['req_per_s']:.0f} vs {floor[top]['req_per_s']:.0f} req/s = {ratio:.0%}", ratio >= 0.9))  # fmt: skip
-        p50 = off[bottom]["latency_ms"]["p50"] / floor[bottom]["latency_ms"]["p50"]
-        rows.append((f"{name}: batching off p50 at c={bottom} <= 1.1x the floor's",
-                     f"{off[bottom]['latency_ms']['p50']:.2f} vs {floor[bottom]['latency_ms']['p50']:.2f} ms = {p50:.2f}x", p50 <= 1.1))  # fmt: skip
-        ratios = {c: on[c]["req_per_s"] / off[c]["req_per_s"] for c in off}
-        worst = min(ratios, key=ratios.get)
-        rows.append((f"{name}: batching on never > 5% below batching off in req/s",
-                     "on/off " + ", ".join(f"c={c}: {r:.2f}" for c, r in ratios.items()) + f" (worst c={worst})", ratios[worst] >= 0.95))  # fmt: skip
-        if name == "mobilenet-v2":
-            rows.append((f"{name}: batching on is faster where compute dominates (c={top})",
-                         f"on/off = {ratios[top]:.2f}x", ratios[top] > 1.0))  # fmt: skip
+    for model, servers in results["servers"].items():
+        for device in results["settings"]["devices"]:
+            rows += _server_targets(model, device, servers)
     errors = sum(sum(s["errors"].values()) for servers in results["servers"].values() for r in servers.values() for s in r["steps"])
     rows.append(("zero errors", f"{errors} failed requests", errors == 0))
+    return rows
+
+
+def _server_targets(model: str, device: str, servers: dict[str, dict]) -> list[tuple[str, str, bool]]:
+    """One model's rows on one device; the GPU's are marked with the model's `@cuda` key."""
+    suffix = "" if device == "cpu" else CUDA_SUFFIX
+    name = model + suffix
+    floor, off, on = (by_concurrency(servers[k + suffix]) for k in ("floor", "batching-off", "batching-on"))
+    top, bottom = max(floor), min(floor)
+    rows = []
+    ratio = off[top]["req_per_s"] / floor[top]["req_per_s"]
+    rows.append((f"{name}: batching off reaches >= 90% of the floor's req/s at c={top}",
+                 f"{off[top]['req_per_s']:.0f} vs {floor[top]['req_per_s']:.0f} req/s = {ratio:.0%}", ratio >= 0.9))  # fmt: skip
+    p50 = off[bottom]["latency_ms"]["p50"] / floor[bottom]["latency_ms"]["p50"]
+    rows.append((f"{name}: batching off p50 at c={bottom} <= 1.1x the floor's",
+                 f"{off[bottom]['latency_ms']['p50']:.2f} vs {floor[bottom]['latency_ms']['p50']:.2f} ms = {p50:.2f}x", p50 <= 1.1))  # fmt: skip
+    ratios = {c: on[c]["req_per_s"] / off[c]["req_per_s"] for c in off}
+    worst = min(ratios, key=ratios.get)
+    rows.append((f"{name}: batching on never > 5% below batching off in req/s",
+                 "on/off " + ", ".join(f"c={c}: {r:.2f}" for c, r in ratios.items()) + f" (worst c={worst})", ratios[worst] >= 0.95))  # fmt: skip
+    if model == "mobilenet-v2" or device == "cuda":
+        rows.append((f"{name}: batching on is faster where compute dominates (c={top})",
+                     f"on/off = {ratios[top]:.2f}x", ratios[top] > 1.0))  # fmt: skip
     return rows
 
 
@@ -286,6 +283,7 @@ def write_markdown(results: dict, path: Path, plot_name: str | None) -> None:
         "",
         f"Written by `scripts/bench.py` (`make bench`) on {results['created']}; do not edit by hand, rerun it. "
         f"Run time {results['wall_s']:.0f} s{' (--quick)' if s['quick'] else ''}.",
+        *(f"\n**Note:** {note}" for note in results.get("notes", [])),
         "",
         "## Machine",
         "",
@@ -309,8 +307,9 @@ def write_markdown(results: dict, path: Path, plot_name: str | None) -> None:
         "tensor, runs ONNX Runtime and encodes the logits (no validation, metrics, auth or batching).",
         f"- (c) **batching-off** / (d) **batching-on**: `edgecnn serve` with `--max-queue-delay-us 0` / "
         f"`--max-queue-delay-us {s['batch_delay_us']}` (max batch 64), otherwise its defaults: validation, "
-        "metrics, a work-conserving batcher, and batches estimated within 1 ms run on the event loop thread "
-        "instead of a worker thread (server/inline.py).",
+        "metrics, a work-conserving batcher, and on the CPU provider batches estimated within 1 ms run on the "
+        "event loop thread instead of a worker thread (server/inline.py); on the CUDA provider every batch runs "
+        "on a worker thread, padded to a fixed batch size bucket (server/shapes.py).",
         f"- Client: `edgecnn loadtest --api infer --batch-size 1 --concurrency {s['concurrency']} --duration "
         f"{s['duration']} --warmup {s['warmup']} --processes {s['processes']}` (closed loop, random float32 tensors, "
         "raw_input_contents). Latencies are end to end at the client, from HDR histograms.",
@@ -381,8 +380,10 @@ def write_plot(results: dict, path: Path) -> bool:
             top.plot(conc, [st["req_per_s"] for st in steps], marker="o", color=f"C{color}", label=kind)
             bottom.plot(conc, [st["latency_ms"]["p50"] for st in steps], marker="o", color=f"C{color}", label=f"{kind} p50")
             bottom.plot(conc, [st["latency_ms"]["p99"] for st in steps], marker="x", linestyle=":", color=f"C{color}", label=f"{kind} p99")
-        ort = results["onnxruntime"][name]
-        top.axhline(ort["batch1_parallel_req_per_s"], color="grey", linestyle="--", label="onnxruntime in-process, batch 1")
+        for style, key in (("--", name), (":", name + CUDA_SUFFIX)):
+            if key in results["onnxruntime"]:
+                top.axhline(results["onnxruntime"][key]["batch1_parallel_req_per_s"], color="grey", linestyle=style,
+                            label=f"onnxruntime in-process, batch 1{key[len(name):]}")  # fmt: skip
         top.set_title(f"{name}: throughput")
         bottom.set_title(f"{name}: latency")
         for ax, ylabel in ((top, "requests/s"), (bottom, "ms")):
@@ -411,16 +412,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per step")
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
+    parser.add_argument("--devices", help="comma-separated: cpu, cuda (default: cpu, and cuda where a GPU is usable)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for every server")
     parser.add_argument("--processes", type=int, default=2, help="load-test client processes")
     parser.add_argument("--batch-delay-us", type=int, default=500, help="edgecnn's max queue delay with batching on")
     parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--render", type=Path, metavar="RESULTS_JSON",
+                        help="measure nothing: rewrite --out and its plot from an earlier run's results.json")
+    parser.add_argument("--note", action="append", default=[], help="a line for the report's header (repeatable)")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.rounds = 1.0, 0.5, 1
     if args.rounds < 1:
         parser.error(f"--rounds {args.rounds}: expected >= 1")
+    args.devices = args.devices.split(",") if args.devices else ["cpu", "cuda"] if cuda_usable() else ["cpu"]
+    if set(args.devices) - {"cpu", "cuda"} or not args.devices:
+        parser.error(f"--devices {','.join(args.devices)}: expected cpu and/or cuda")
+    if "cuda" in args.devices and not cuda_usable():
+        parser.error("--devices cuda: no usable CUDA GPU (nvidia-smi and ONNX Runtime's CUDAExecutionProvider)")
     unknown = set(args.models.split(",")) - set(MODELS)
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; expected some of {', '.join(MODELS)}")
@@ -434,10 +444,16 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[bench {time.monotonic() - started:6.1f}s] {message}", flush=True)
 
+    if args.render:
+        results = json.loads(args.render.read_text())
+        results["notes"] = results.get("notes", []) + args.note
+        results["targets"] = targets(results)
+        write_report(results, args.out, log)
+        return 0
     args.workdir.mkdir(parents=True, exist_ok=True)
     callers = min(2, os.cpu_count() or 1)
-    devices = ["cpu", "cuda"] if cuda_usable() else ["cpu"]
-    if "cuda" not in devices:
+    devices = args.devices
+    if "cuda" not in devices and not cuda_usable():
         log("no usable CUDA GPU (nvidia-smi and CUDAExecutionProvider): CPU legs only")
     results: dict = {
         "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -448,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "devices": devices,
         },  # fmt: skip
+        "notes": args.note,
         "models": [],
         "onnxruntime": {},
         "servers": {},
@@ -466,13 +483,17 @@ def main(argv: list[str] | None = None) -> int:
     results["targets"] = targets(results)
     results["wall_s"] = time.monotonic() - started
     (args.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    plot = args.out.with_suffix(".png")
-    write_markdown(results, args.out, plot.name if write_plot(results, plot) else None)
+    write_report(results, args.out, log)
+    return 0
+
+
+def write_report(results: dict, out: Path, log) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot = out.with_suffix(".png")
+    write_markdown(results, out, plot.name if write_plot(results, plot) else None)
     for goal, measured, met in results["targets"]:
         log(f"{'met    ' if met else 'NOT MET'}  {goal}: {measured}")
-    log(f"wrote {args.out} and {plot}")
-    return 0
+    log(f"wrote {out} and {plot}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from edgecnn.protos import inference_pb2, inference_pb2_grpc  # noqa: E402
 from edgecnn.server.device import providers_for  # noqa: E402
-from edgecnn.server.runtime import session_options  # noqa: E402
+from edgecnn.server.runtime import open_session  # noqa: E402
 
 
 class FloorServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
@@ -57,7 +57,7 @@ class FloorServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 async def serve(args: argparse.Namespace) -> None:
-    session = ort.InferenceSession(args.model, sess_options=session_options(args.threads), providers=providers_for(args.device))
+    session = open_session(args.model, args.threads, providers_for(args.device))
     server = grpc.aio.server()
     with ThreadPoolExecutor(max_workers=args.executor_threads) as executor:
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(FloorServicer(args.name, session, executor), server)

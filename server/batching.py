@@ -68,7 +68,7 @@ class Batcher:
         self._max_queue = max_queue
         self.inline_max_s = inline_max_s
         self.max_batch = mv.max_batch_size
-        self.batching = self.max_batch > 1 and mv.max_queue_delay_us > 0
+        self.batching = mv.dynamic_batching
         self.slots = max(1, slots)
         self.max_in_flight = 2 * self.slots
         self._pending: collections.deque[_Item] = collections.deque()

@@ -13,6 +13,10 @@ from .errors import StartupError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+# ONNX Runtime's default cuDNN search (EXHAUSTIVE) times every convolution algorithm for each
+# new input shape; the heuristic picks at once, which keeps the warm-up of every batch size
+# bucket (shapes.py) short. (It did not remove the per-shape set-up cost that shapes.py avoids.)
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 
 @functools.cache
@@ -31,6 +35,11 @@ def gpu_present() -> bool:
 
 def cuda_usable() -> bool:
     return CUDA in ort.get_available_providers() and gpu_present()
+
+
+def with_options(providers: list[str]) -> list[str | tuple[str, dict[str, str]]]:
+    """The providers as InferenceSession takes them, with the options this server sets."""
+    return [(p, CUDA_OPTIONS) if p == CUDA else p for p in providers]
 
 
 def providers_for(device: str) -> list[str]:

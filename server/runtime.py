@@ -18,8 +18,9 @@ import onnxruntime as ort
 from edgecnn import repository as repo
 from edgecnn.protos import model_config_pb2
 
-from .device import CUDA
+from .device import CUDA, with_options
 from .errors import StartupError
+from .shapes import ShapeBuckets
 from .onnx_info import opset_version
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class ModelVersion:
     verification: Verification
     # Median seconds of a warm batch-1 run, measured at load (decides inline vs worker thread).
     batch1_s: float = math.nan
+    # CUDA: one session per batch size bucket, so no session sees its input shape change (shapes.py).
+    shape_buckets: ShapeBuckets | None = None
     # Derived constants for request validation.
     sample_size: int = field(init=False)
     sample_nbytes: int = field(init=False)
@@ -78,32 +81,47 @@ class ModelVersion:
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @property
+    def dynamic_batching(self) -> bool:
+        """Requests merge into batches (Triton: a max batch size and a queue delay)."""
+        return self.max_batch_size > 1 and self.max_queue_delay_us > 0
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits for a float32 (N, C, H, W) batch; blocking (the batcher decides whether the event
         loop or a worker thread calls it: inline.py)."""
+        if self.shape_buckets is not None:
+            return self.shape_buckets.run(batch)
         return self.session.run([self.output_name], {self.input_name: batch})[0]
 
     def warm_up(self) -> None:
-        """Run batches of zeros before the first request (Triton's model warm-up) and record
-        the median batch-1 time; a model that cannot run fails here, at start-up."""
-        x = np.zeros((1, *self.input_shape), dtype=np.float32)
+        """Run batches of zeros before the first request (Triton's model warm-up), one per shape
+        bucket too, and record the median batch-1 time; a model that cannot run fails here, at
+        start-up."""
         times = []
-        try:
-            for i in range(WARMUP_RUNS + TIMED_RUNS):
-                start = perf_counter()
-                out = self.run(x)
-                if i >= WARMUP_RUNS:
-                    times.append(perf_counter() - start)
-        except Exception as exc:  # ORT raises its own exception types per failure
-            raise StartupError(f"{self.onnx_path}: a warm-up batch of 1 fails in ONNX Runtime: {exc}") from exc
-        if out.shape != (1, self.num_classes):
-            raise StartupError(f"{self.onnx_path}: a batch of 1 gives logits of shape {list(out.shape)}; expected [1, {self.num_classes}]")
+        for size in [1, *(self.shape_buckets.sizes[1:] if self.shape_buckets else [])]:
+            x = np.zeros((size, *self.input_shape), dtype=np.float32)
+            try:
+                for i in range(WARMUP_RUNS + (TIMED_RUNS if size == 1 else 0)):
+                    start = perf_counter()
+                    out = self.run(x)
+                    if size == 1 and i >= WARMUP_RUNS:
+                        times.append(perf_counter() - start)
+            except Exception as exc:  # ORT raises its own exception types per failure
+                raise StartupError(f"{self.onnx_path}: a warm-up batch of {size} fails in ONNX Runtime: {exc}") from exc
+            if out.shape != (size, self.num_classes):
+                raise StartupError(
+                    f"{self.onnx_path}: a batch of {size} gives logits of shape {list(out.shape)}; expected [{size}, {self.num_classes}]"
+                )
         self.batch1_s = statistics.median(times)
 
 
+def open_session(path: Path | str, threads: int, providers: list[str]) -> ort.InferenceSession:
+    """A session with the settings of every served one (the benchmark's floor server and
+    in-process runs open theirs here too, so the comparison is like for like)."""
+    return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=with_options(providers))
+
+
 def session_options(threads: int) -> ort.SessionOptions:
-    """The ONNX Runtime settings of every served session (the benchmark's floor server and
-    in-process runs use them too, so the comparison is like for like)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -166,10 +184,12 @@ def load_version(
     threads: int,
     max_batch_size: int | None,
     max_queue_delay_us: int | None,
+    fixed_shapes: bool | None = None,
 ) -> ModelVersion:
+    """fixed_shapes: one session per batch size bucket (shapes.py); default: on the CUDA provider."""
     path = entry.onnx_path
     try:
-        session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
+        session = open_session(path, threads, providers)
     except Exception as exc:  # ORT raises its own exception types per failure
         raise StartupError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
     provider = session.get_providers()[0]
@@ -217,5 +237,7 @@ def load_version(
         max_queue_delay_us=max(delay, 0),
         verification=_read_verification(entry.verification_path),
     )
+    if (provider == CUDA if fixed_shapes is None else fixed_shapes) and mv.max_batch_size > 1:
+        mv.shape_buckets = ShapeBuckets(session, lambda: open_session(path, threads, providers), mv.max_batch_size, mv.input_name, mv.output_name)
     mv.warm_up()
     return mv

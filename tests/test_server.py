@@ -33,10 +33,13 @@ from tests.conftest_server import (
     write_checkpoint,
 )
 from tests.servers import free_port
+from edgecnn import repository as repo
 from edgecnn.protos import classifier_pb2, classifier_pb2_grpc, inference_pb2, inference_pb2_grpc
 from edgecnn.server import ServerThread, Settings, StartupError
-from edgecnn.server.device import gpu_present
+from edgecnn.server.device import CPU, CUDA, gpu_present, with_options
+from edgecnn.server.runtime import load_version
 from edgecnn.server.settings import DEFAULT_MAX_IMAGE_PIXELS
+from edgecnn.server.shapes import bucket_sizes
 
 MARGIN = 1e-3  # logits closer than this may swap places between two float paths
 BATCHED_DELAY_US = 100_000  # long enough that concurrent requests always meet in one batch
@@ -661,8 +664,6 @@ def test_a_model_that_cannot_run_fails_at_startup(repository, tmp_path):
     stops the start instead of failing every request."""
     import onnx
 
-    from edgecnn import repository as repo
-
     shutil.copytree(repository["dir"] / "lenet5", tmp_path / "repo" / "lenet5")
     shutil.rmtree(tmp_path / "repo" / "lenet5" / "2")
     path = tmp_path / "repo" / "lenet5" / "1" / "model.onnx"
@@ -685,6 +686,54 @@ def test_cuda_provider_serves_the_same_results(repository, fashion):
         assert info.execution_provider == "CUDAExecutionProvider"
         response = inference_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(infer_request("lenet5", fashion["x"][:8]), timeout=TIMEOUT)
         np.testing.assert_allclose(logits_of(response), reference_logits(repository["v2"], fashion["x"][:8]), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not gpu_present(), reason="needs an NVIDIA GPU")
+def test_cuda_batches_of_mixed_sizes_give_the_same_results(repository, fashion):
+    settings = Settings(repository=repository["dir"], host="127.0.0.1", port=0, metrics_port=None, device="cuda")
+    with ServerThread(settings) as running, grpc.insecure_channel(running.address) as ch:
+        batched, single = (running.server.state.batchers[(name, 1)] for name in ("lenet5-batched", "lenet5"))
+        assert (batched.slots, batched.inline_max_s) == (1, 0.0), "on a GPU: one slot to batch into, never inline"
+        assert single.slots >= 2 and single.inline_max_s == 0.0
+        session = batched.mv.session
+        assert session.get_provider_options()[CUDA]["cudnn_conv_algo_search"] == "HEURISTIC"
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(ch)
+        bounds = np.cumsum([0, 1, 3, 5, 2, 8, 1, 4, 7])
+        xs = [fashion["x"][a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        futures = [stub.ModelInfer.future(infer_request("lenet5-batched", x), timeout=TIMEOUT) for x in xs]
+        for future, x in zip(futures, xs):
+            np.testing.assert_allclose(logits_of(future.result()), reference_logits(repository["batched"], x), rtol=1e-3, atol=1e-4)
+
+
+def test_bucket_sizes():
+    assert bucket_sizes(64) == [1, 2, 4, 8, 16, 32, 64]
+    assert bucket_sizes(48) == [1, 2, 4, 8, 16, 32, 48]
+    assert bucket_sizes(2) == [1, 2]
+    assert bucket_sizes(1) == bucket_sizes(0) == [1]
+
+
+def test_fixed_shape_buckets_pad_batches_and_keep_each_session_to_one_shape(repository, fashion):
+    """What the CUDA provider gets by default (shapes.py), checked here on the CPU provider."""
+    entry = next(e for e in repo.list_models(repository["dir"]) if e.name == "lenet5-batched")
+    mv = load_version(entry, repo.read_config(entry.model_dir), [CPU], 1, 16, None, fixed_shapes=True)
+    assert mv.shape_buckets is not None and sorted(mv.shape_buckets.sessions) == [1, 2, 4, 8, 16]
+    assert mv.shape_buckets.sessions[1] is mv.session and 0 < mv.batch1_s
+    seen: dict[int, set[int]] = {}
+    for size, session in mv.shape_buckets.sessions.items():
+        run = session.run
+        session_shapes = seen.setdefault(size, set())
+        # InferenceSession is a Python class: record the batch sizes each one is called with.
+        session.run = lambda outputs, feeds, _run=run, _seen=session_shapes: (_seen.add(len(next(iter(feeds.values())))), _run(outputs, feeds))[1]
+    for rows in (1, 3, 2, 5, 16, 9, 1, 4):
+        x = fashion["x"][:rows]
+        np.testing.assert_allclose(mv.run(x), reference_logits(repository["batched"], x), rtol=1e-5, atol=1e-6)
+    assert seen == {1: {1}, 2: {2}, 4: {4}, 8: {8}, 16: {16}}, seen
+
+
+def test_cuda_sessions_pick_convolution_kernels_by_heuristic():
+    assert with_options([CUDA, CPU]) == [(CUDA, {"cudnn_conv_algo_search": "HEURISTIC"}), CPU]
+    assert with_options([CPU]) == [CPU]
 
 
 def test_serving_side_never_imports_torch():
