@@ -32,11 +32,16 @@ def unused_address() -> str:
     return f"127.0.0.1:{free_port()}"
 
 
-def serve_argv(repository: Path, *extra: str) -> list[str]:
-    """`edgecnn serve` from this environment's console script, on loopback and free ports."""
+def edgecnn_exe() -> str:
+    """This environment's `edgecnn` console script."""
     exe = Path(sys.executable).parent / "edgecnn"
     assert exe.is_file(), f"no edgecnn console script next to {sys.executable}"
-    return [str(exe), "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", "0",
+    return str(exe)
+
+
+def serve_argv(repository: Path, *extra: str, program: list[str] | None = None) -> list[str]:
+    """`edgecnn serve` (or `program serve`) on loopback and free ports; later flags in `extra` win."""
+    return [*(program or [edgecnn_exe()]), "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", "0",
             "--metrics-port", "0", "--device", "cpu", *extra]  # fmt: skip
 
 

@@ -37,6 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgecnn.protos import inference_pb2, inference_pb2_grpc
 from edgecnn.server.child import ServeProcess
+from tests.servers import edgecnn_exe, serve_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -663,12 +664,6 @@ def model_repository(tmp_path_factory, fashion_mnist_dir) -> Path:
     return root / "repository"
 
 
-def _edgecnn(bin_dir: Path) -> str:
-    exe = bin_dir / "edgecnn"
-    assert exe.is_file(), f"no edgecnn console script in {bin_dir}"
-    return str(exe)
-
-
 def _image_argv(command: list[str], repository: Path) -> list[str]:
     """The image's command line for a test: its repository mount, loopback, any free ports."""
     swap = {"/models": str(repository), "0.0.0.0": "127.0.0.1", str(GRPC_PORT): "0", str(METRICS_PORT): "0"}
@@ -677,7 +672,7 @@ def _image_argv(command: list[str], repository: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def live_server(model_repository):
-    argv = [_edgecnn(Path(sys.executable).parent), *_image_argv(serve_command(DOCKERFILE), model_repository)[1:]]
+    argv = [edgecnn_exe(), *_image_argv(serve_command(DOCKERFILE), model_repository)[1:]]
     served = ServeProcess(argv + ["--device", "cpu"])
     x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
     model_infer(served.address, MODEL, x)
@@ -715,9 +710,8 @@ def test_dashboard_queries_match_a_real_scrape(live_server):
 
 
 def test_health_command_live_and_stopped(model_repository):
-    exe = _edgecnn(Path(sys.executable).parent)
-    served = ServeProcess([exe, "serve", "--repository", str(model_repository), "--host", "127.0.0.1",
-                            "--port", "0", "--metrics-port", "-1", "--device", "cpu", "--grace", "1"])  # fmt: skip
+    exe = edgecnn_exe()
+    served = ServeProcess(serve_argv(model_repository, "--metrics-port", "-1", "--grace", "1"))
 
     def health(*extra: str) -> subprocess.CompletedProcess:
         argv = [exe, "health", "--server", served.address, "--timeout", "5", *extra]

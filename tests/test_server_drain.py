@@ -70,12 +70,8 @@ def test_edgecnn_serve_answers_tritonclient_and_classify(repository, fashion_mni
     assert served.proc.returncode == 0, "".join(served.output)
 
 
-def _serve_command(repository: Path) -> list[str]:
-    return [sys.executable, "-c", SLOW_SERVE, "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--device", "cpu", "--grace", "20"]
-
-
 def test_sigterm_drains_in_flight_requests(repository):
-    served = ServeProcess(_serve_command(repository), env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout_s=60)
+    served = ServeProcess(serve_argv(repository, "--grace", "20", program=[sys.executable, "-c", SLOW_SERVE]), env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout_s=60)
     proc = served.proc
     try:
         assert served.metrics_port and served.metrics_port > 0
