@@ -7,8 +7,6 @@ import pytest
 
 from tests.datafiles import write_cifar_dataset, write_idx_dataset
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-
 
 @pytest.fixture(scope="session")
 def tiny_mnist_dir(tmp_path_factory) -> Path:
@@ -23,10 +21,14 @@ def tiny_cifar_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def fashion_mnist_dir() -> Path:
-    """The real Fashion-MNIST (Debian's dataset-fashion-mnist; `make test` installs it)."""
-    if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-    return FASHION_MNIST_DIR
+    """The real Fashion-MNIST where `edgecnn train` finds it: $EDGECNN_DATA, or Debian's
+    dataset-fashion-mnist in /usr/share/datasets (`make test` installs it)."""
+    from edgecnn.training.datasets import DatasetNotFoundError, locate
+
+    try:
+        return locate("fashion-mnist")
+    except DatasetNotFoundError:
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist, or set EDGECNN_DATA)")
 
 
 @pytest.fixture(scope="module")
