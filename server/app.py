@@ -118,7 +118,7 @@ class InferenceServer:
                 self.metrics_port = self.metrics.serve_http(s.host, s.metrics_port)
             except OSError as exc:
                 raise StartupError(f"cannot serve metrics on {s.host}:{s.metrics_port}: {exc}") from None
-        load = functools.partial(load_registry, s.repository, providers, s.threads, s.max_batch_size, s.max_queue_delay_us)
+        load = functools.partial(load_registry, s.repository, providers, s.threads, s.max_batch_size, s.max_queue_delay_us, s.fixed_shapes)
         registry = await asyncio.get_running_loop().run_in_executor(self._executor, load)
         self.state.registry = registry
         for mv in registry.all():

@@ -59,6 +59,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "model's warm batch-1 time) is at most this and none of the model's batches is on a worker thread; "
         f"0: never (default {DEFAULT_INLINE_MAX_US} microseconds; see server/inline.py)",
     )
+    parser.add_argument(
+        "--batch-buckets", choices=["auto", "on", "off"], default="auto",
+        help="one ONNX Runtime session per batch size bucket (1, 2, 4, ... max batch), batches padded up to it, so "
+        "no session sees its input shape change; auto: on the CUDA provider, where a new shape costs a kernel "
+        "set-up (default auto; see server/shapes.py)",
+    )
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
     parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     parser.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certificates signed by it")
@@ -86,6 +92,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         grace_s=args.grace,
         max_image_pixels=args.max_image_pixels,
         inline_max_us=args.inline_max_us,
+        batch_buckets=args.batch_buckets,
     )
 
 

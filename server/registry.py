@@ -50,6 +50,7 @@ def load_registry(
     threads: int = 0,
     max_batch_size: int | None = None,
     max_queue_delay_us: int | None = None,
+    fixed_shapes: bool | None = None,
 ) -> ModelRegistry:
     """Open a session for every version in the repository; any failure stops the start."""
     try:
@@ -66,7 +67,7 @@ def load_registry(
                 configs[entry.name] = repo.read_config(entry.model_dir)
             except repo.RepositoryError as exc:
                 raise StartupError(str(exc)) from None
-        mv = load_version(entry, configs[entry.name], providers, threads, max_batch_size, max_queue_delay_us)  # type: ignore[arg-type]
+        mv = load_version(entry, configs[entry.name], providers, threads, max_batch_size, max_queue_delay_us, fixed_shapes)  # type: ignore[arg-type]
         log.info(
             "loaded %s version %d (%s, %d params, opset %d, max batch %d, queue delay %d us, batch of 1 in %.0f us)",
             mv.name, mv.version, mv.provider, mv.params, mv.opset, mv.max_batch_size, mv.max_queue_delay_us, mv.batch1_s * 1e6,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 Device = Literal["auto", "cpu", "cuda"]
+BatchBuckets = Literal["auto", "on", "off"]
 
 DEFAULT_PORT = 8001  # Triton's gRPC port
 DEFAULT_METRICS_PORT = 8002  # Triton's metrics port
@@ -41,6 +42,13 @@ class Settings:
     # The longest a batch may block the event loop when it runs there instead of on a worker
     # thread (server/inline.py); 0: always a worker thread.
     inline_max_us: int = DEFAULT_INLINE_MAX_US
+    # One session per batch size bucket, batches padded up to it (server/shapes.py); auto: on CUDA.
+    batch_buckets: BatchBuckets = "auto"
+
+    @property
+    def fixed_shapes(self) -> bool | None:
+        """batch_buckets as load_version takes it (None: decided by the provider)."""
+        return None if self.batch_buckets == "auto" else self.batch_buckets == "on"
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -55,5 +63,7 @@ class Settings:
             raise ValueError(f"inline_max_us must be >= 0, got {self.inline_max_us}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.batch_buckets not in ("auto", "on", "off"):
+            raise ValueError(f"batch_buckets must be auto, on or off, got {self.batch_buckets!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")

@@ -37,7 +37,6 @@ from edgecnn import repository as repo
 from edgecnn.protos import classifier_pb2, classifier_pb2_grpc, inference_pb2, inference_pb2_grpc
 from edgecnn.server import ServerThread, Settings, StartupError
 from edgecnn.server.device import CPU, CUDA, gpu_present, with_options
-from edgecnn.server.runtime import load_version
 from edgecnn.server.settings import DEFAULT_MAX_IMAGE_PIXELS
 from edgecnn.server.shapes import bucket_sizes
 
@@ -659,6 +658,22 @@ def test_cli_startup_errors(tmp_path, capsys):
     assert "holds no model" in capsys.readouterr().err
 
 
+def test_cli_flags_reach_the_settings(tmp_path):
+    import argparse
+
+    from edgecnn.server import cmd_serve
+
+    parser = argparse.ArgumentParser()
+    cmd_serve.configure(parser)
+    defaults = cmd_serve.settings_from_args(parser.parse_args(["--repository", str(tmp_path)]))
+    assert (defaults.batch_buckets, defaults.inline_max_us, defaults.device) == ("auto", 1000, "auto")
+    argv = ["--repository", str(tmp_path), "--batch-buckets", "off", "--inline-max-us", "0", "--device", "cpu", "--max-queue-delay-us", "500"]
+    settings = cmd_serve.settings_from_args(parser.parse_args(argv))
+    assert (settings.batch_buckets, settings.fixed_shapes, settings.inline_max_us, settings.max_queue_delay_us) == ("off", False, 0, 500)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--repository", str(tmp_path), "--batch-buckets", "sometimes"])
+
+
 def test_a_model_that_cannot_run_fails_at_startup(repository, tmp_path):
     """The load-time warm-up runs a batch of zeros: metadata that lies about the input shape
     stops the start instead of failing every request."""
@@ -713,22 +728,38 @@ def test_bucket_sizes():
     assert bucket_sizes(1) == bucket_sizes(0) == [1]
 
 
-def test_fixed_shape_buckets_pad_batches_and_keep_each_session_to_one_shape(repository, fashion):
-    """What the CUDA provider gets by default (shapes.py), checked here on the CPU provider."""
-    entry = next(e for e in repo.list_models(repository["dir"]) if e.name == "lenet5-batched")
-    mv = load_version(entry, repo.read_config(entry.model_dir), [CPU], 1, 16, None, fixed_shapes=True)
-    assert mv.shape_buckets is not None and sorted(mv.shape_buckets.sessions) == [1, 2, 4, 8, 16]
-    assert mv.shape_buckets.sessions[1] is mv.session and 0 < mv.batch1_s
-    seen: dict[int, set[int]] = {}
-    for size, session in mv.shape_buckets.sessions.items():
-        run = session.run
-        session_shapes = seen.setdefault(size, set())
-        # InferenceSession is a Python class: record the batch sizes each one is called with.
-        session.run = lambda outputs, feeds, _run=run, _seen=session_shapes: (_seen.add(len(next(iter(feeds.values())))), _run(outputs, feeds))[1]
-    for rows in (1, 3, 2, 5, 16, 9, 1, 4):
-        x = fashion["x"][:rows]
-        np.testing.assert_allclose(mv.run(x), reference_logits(repository["batched"], x), rtol=1e-5, atol=1e-6)
-    assert seen == {1: {1}, 2: {2}, 4: {4}, 8: {8}, 16: {16}}, seen
+def test_batch_buckets_pad_batches_and_keep_each_session_to_one_shape(repository, fashion):
+    """What the CUDA provider gets by default (shapes.py), switched on here for the CPU provider."""
+    settings = Settings(repository=repository["dir"], host="127.0.0.1", port=0, metrics_port=None, device="cpu", batch_buckets="on", inline_max_us=0)
+    with ServerThread(settings) as running, grpc.insecure_channel(running.address) as ch:
+        batchers = running.server.state.batchers
+        assert sorted(batchers[("lenet5", 1)].mv.shape_buckets.sessions) == [1, 2, 4, 8]  # max batch 8
+        buckets = batchers[("lenet5-batched", 1)].mv.shape_buckets
+        assert sorted(buckets.sessions) == [1, 2, 4, 8, 16, 32, 64] and buckets.sessions[1] is batchers[("lenet5-batched", 1)].mv.session
+        seen: dict[int, set[int]] = {}
+        for size, session in buckets.sessions.items():
+            # InferenceSession is a Python class: record the batch sizes each one is called with.
+            rows = seen.setdefault(size, set())
+            session.run = lambda outputs, feeds, _run=session.run, _rows=rows: (_rows.add(len(next(iter(feeds.values())))), _run(outputs, feeds))[1]
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(ch)
+        for sizes in ([1, 3, 2, 5], [9, 1, 4, 7, 2], [16], [6]):
+            bounds = np.cumsum([0, *sizes])
+            xs = [fashion["x"][a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+            futures = [stub.ModelInfer.future(infer_request("lenet5-batched", x), timeout=TIMEOUT) for x in xs]
+            for future, x in zip(futures, xs):
+                np.testing.assert_allclose(logits_of(future.result()), reference_logits(repository["batched"], x), rtol=1e-5, atol=1e-6)
+    assert all(shapes <= {size} for size, shapes in seen.items()), seen
+    assert len(set().union(*seen.values())) >= 3, f"too few bucket sizes exercised: {seen}"
+
+
+def test_batch_buckets_off_and_auto_on_the_cpu(repository):
+    assert Settings(repository=repository["dir"]).fixed_shapes is None
+    assert Settings(repository=repository["dir"], batch_buckets="off").fixed_shapes is False
+    with pytest.raises(ValueError, match="batch_buckets must be auto, on or off"):
+        Settings(repository=repository["dir"], batch_buckets="always")  # type: ignore[arg-type]
+    settings = Settings(repository=repository["dir"], host="127.0.0.1", port=0, metrics_port=None, device="cpu")
+    with ServerThread(settings) as running:
+        assert all(b.mv.shape_buckets is None for b in running.server.state.batchers.values())
 
 
 def test_cuda_sessions_pick_convolution_kernels_by_heuristic():
