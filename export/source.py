@@ -15,6 +15,11 @@ from edgecnn.training.checkpoint import load_checkpoint
 REQUIRED_META = ("model", "input_shape", "dataset", "classes", "mean", "std", "params")
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (ONNX and torch errors run to pages)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 class CheckpointError(ValueError):
     """The checkpoint cannot be used: missing, unreadable, or not a current edgecnn checkpoint."""
 
@@ -28,9 +33,8 @@ def load_source(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     except (KeyError, ValueError, TypeError, AttributeError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         # torch.load on a non-zip file, a foreign pickle, a missing key, or a state_dict that no
         # longer fits the architecture (a checkpoint from an older edgecnn)
-        detail = (str(exc).strip().splitlines() or [""])[0]
         raise CheckpointError(
-            f"{path}: not a usable edgecnn checkpoint ({type(exc).__name__}: {detail}); re-train or re-save it "
+            f"{path}: not a usable edgecnn checkpoint ({type(exc).__name__}: {first_line(exc)}); re-train or re-save it "
             "with this edgecnn version"
         ) from exc
     missing = [key for key in REQUIRED_META if key not in meta]

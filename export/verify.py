@@ -25,7 +25,7 @@ from torch import nn
 from edgecnn.export.data import Images, dataset_images, random_inputs, run_data_dir
 from edgecnn.export.metadata import read_metadata
 from edgecnn.export.runtime import make_session, run_batched
-from edgecnn.export.source import load_source
+from edgecnn.export.source import first_line, load_source
 from edgecnn.repository import Meta
 from edgecnn.training.checkpoint import file_sha256
 
@@ -171,7 +171,7 @@ def verify_onnx(
     try:
         session = make_session(onnx_path, threads)
     except Exception as exc:  # ORT raises its own exception type per failure kind
-        raise VerificationError(f"ONNX Runtime cannot load {onnx_path}: {_first_line(exc)}") from exc
+        raise VerificationError(f"ONNX Runtime cannot load {onnx_path}: {first_line(exc)}") from exc
 
     inputs: list[tuple[str, Images]] = []
     if samples > 0:
@@ -220,10 +220,6 @@ def verify_onnx(
     }
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def write_report(report: dict[str, Any], path: Path) -> None:
     Path(path).write_text(json.dumps(report, indent=2) + "\n")
 
@@ -270,7 +266,7 @@ def verify_file(onnx_path: Path, **kwargs: Any) -> dict[str, Any]:
     try:
         metadata = read_metadata(onnx_path)
     except (DecodeError, OSError) as exc:
-        raise VerificationError(f"{onnx_path} is not a readable ONNX file: {_first_line(exc)}") from exc
+        raise VerificationError(f"{onnx_path} is not a readable ONNX file: {first_line(exc)}") from exc
     missing = [key for key in (Meta.INPUT_SHAPE, Meta.DATASET) if key not in metadata]
     if missing:
         raise VerificationError(f"{onnx_path} lacks the edgecnn metadata {', '.join(missing)}: not exported by edgecnn?")

@@ -43,6 +43,7 @@ from edgecnn.server.child import ChildProcess  # noqa: E402
 from edgecnn.server.cmd_serve import READY_LINE  # noqa: E402
 from edgecnn.server.device import cuda_usable, providers_for  # noqa: E402
 from edgecnn.server.runtime import open_session  # noqa: E402
+from edgecnn.server.settings import DEFAULT_INLINE_MAX_US  # noqa: E402
 from machine import cpu_model, memory_gib  # noqa: E402  (scripts/machine.py)
 
 MODELS = ("lenet5", "cifar-cnn", "mobilenet-v2")
@@ -233,38 +234,82 @@ def by_concurrency(report: dict) -> dict[int, dict]:
     return {step["concurrency"]: step for step in report["steps"]}
 
 
+TOP_CONCURRENCY, BOTTOM_CONCURRENCY = 64, 1  # where the issue's throughput and latency goals are set
+
+
+def result_devices(results: dict) -> list[str]:
+    """The devices a run measured (results from before --devices: read off the server keys)."""
+    if "devices" in results["settings"]:
+        return results["settings"]["devices"]
+    keys = {key for servers in results["servers"].values() for key in servers}
+    return ["cpu", *(["cuda"] if any(k.endswith(CUDA_SUFFIX) for k in keys) else [])]
+
+
 def targets(results: dict) -> list[tuple[str, str, bool]]:
     """(goal, measured, met) rows."""
     rows = []
     for model, servers in results["servers"].items():
-        for device in results["settings"]["devices"]:
+        for device in result_devices(results):
             rows += _server_targets(model, device, servers)
     errors = sum(sum(s["errors"].values()) for servers in results["servers"].values() for r in servers.values() for s in r["steps"])
     rows.append(("zero errors", f"{errors} failed requests", errors == 0))
     return rows
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None where a step had no successful request to measure."""
+    return a / b if a and b else None
+
+
 def _server_targets(model: str, device: str, servers: dict[str, dict]) -> list[tuple[str, str, bool]]:
-    """One model's rows on one device; the GPU's are marked with the model's `@cuda` key."""
+    """One model's rows on one device; the GPU's are marked with the model's `@cuda` key. A goal
+    set at a concurrency the sweep lacks, or a step with nothing measured, is not met."""
     suffix = "" if device == "cpu" else CUDA_SUFFIX
     name = model + suffix
     floor, off, on = (by_concurrency(servers[k + suffix]) for k in ("floor", "batching-off", "batching-on"))
-    top, bottom = max(floor), min(floor)
-    rows = []
-    ratio = off[top]["req_per_s"] / floor[top]["req_per_s"]
-    rows.append((f"{name}: batching off reaches >= 90% of the floor's req/s at c={top}",
-                 f"{off[top]['req_per_s']:.0f} vs {floor[top]['req_per_s']:.0f} req/s = {ratio:.0%}", ratio >= 0.9))  # fmt: skip
-    p50 = off[bottom]["latency_ms"]["p50"] / floor[bottom]["latency_ms"]["p50"]
-    rows.append((f"{name}: batching off p50 at c={bottom} <= 1.1x the floor's",
-                 f"{off[bottom]['latency_ms']['p50']:.2f} vs {floor[bottom]['latency_ms']['p50']:.2f} ms = {p50:.2f}x", p50 <= 1.1))  # fmt: skip
-    ratios = {c: on[c]["req_per_s"] / off[c]["req_per_s"] for c in off}
-    worst = min(ratios, key=ratios.get)
-    rows.append((f"{name}: batching on never > 5% below batching off in req/s",
-                 "on/off " + ", ".join(f"c={c}: {r:.2f}" for c, r in ratios.items()) + f" (worst c={worst})", ratios[worst] >= 0.95))  # fmt: skip
+    top, bottom = TOP_CONCURRENCY, BOTTOM_CONCURRENCY
+
+    def row(goal: str, concurrency: int, measure) -> tuple[str, str, bool]:
+        if concurrency not in floor:
+            return goal, f"not measured (the sweep lacks c={concurrency})", False
+        text, met = measure()
+        return goal, text, met
+
+    def throughput() -> tuple[str, bool]:
+        ratio = _ratio(off[top]["req_per_s"], floor[top]["req_per_s"])
+        return f"{off[top]['req_per_s']:.0f} vs {floor[top]['req_per_s']:.0f} req/s = {_pct(ratio)}", ratio is not None and ratio >= 0.9
+
+    def latency() -> tuple[str, bool]:
+        mine, base = off[bottom]["latency_ms"]["p50"], floor[bottom]["latency_ms"]["p50"]
+        ratio = _ratio(mine, base)
+        return f"{_ms(mine)} vs {_ms(base)} ms = {_times(ratio)}", ratio is not None and ratio <= 1.1
+
+    ratios = {c: _ratio(on[c]["req_per_s"], off[c]["req_per_s"]) for c in sorted(off)}
+    known = {c: r for c, r in ratios.items() if r is not None}
+    worst = min(known, key=known.get) if known else None
+    rows = [
+        row(f"{name}: batching off reaches >= 90% of the floor's req/s at c={top}", top, throughput),
+        row(f"{name}: batching off p50 at c={bottom} <= 1.1x the floor's", bottom, latency),
+        (f"{name}: batching on never > 5% below batching off in req/s",
+         "on/off " + ", ".join(f"c={c}: {_fixed(r)}" for c, r in ratios.items()) + f" (worst c={worst})",
+         worst is not None and len(known) == len(ratios) and known[worst] >= 0.95),
+    ]  # fmt: skip
     if model == "mobilenet-v2" or device == "cuda":
-        rows.append((f"{name}: batching on is faster where compute dominates (c={top})",
-                     f"on/off = {ratios[top]:.2f}x", ratios[top] > 1.0))  # fmt: skip
+        rows.append(row(f"{name}: batching on is faster where compute dominates (c={top})", top,
+                        lambda: (f"on/off = {_times(ratios[top])}", ratios[top] is not None and ratios[top] > 1.0)))  # fmt: skip
     return rows
+
+
+def _pct(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.1%}"
+
+
+def _fixed(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.3f}"
+
+
+def _times(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.3f}x"
 
 
 def _ms(value: float | None) -> str:
@@ -300,16 +345,18 @@ def write_markdown(results: dict, path: Path, plot_name: str | None) -> None:
         "the floor server runs ONNX Runtime on an executor thread pool, as edgecnn does for batches over its "
         "inline budget. Legs marked "
         f"`{CUDA_SUFFIX}` use the CUDA provider instead (run only where a GPU is usable: devices here "
-        f"{', '.join(s['devices'])}).",
+        f"{', '.join(result_devices(results))}).",
         "- (a) **onnxruntime**: the session called in-process, batch 1 back-to-back (one caller, then "
         f"{s['callers']} parallel callers), and batch 64: the compute limit, no gRPC.",
         "- (b) **floor**: `scripts/bench_floor_server.py`, a bare grpc.aio KServe V2 server that only decodes the "
         "tensor, runs ONNX Runtime and encodes the logits (no validation, metrics, auth or batching).",
-        f"- (c) **batching-off** / (d) **batching-on**: `edgecnn serve` with `--max-queue-delay-us 0` / "
-        f"`--max-queue-delay-us {s['batch_delay_us']}` (max batch 64), otherwise its defaults: validation, "
-        "metrics, a work-conserving batcher, and on the CPU provider batches estimated within 1 ms run on the "
-        "event loop thread instead of a worker thread (server/inline.py); on the CUDA provider every batch runs "
-        "on a worker thread, padded to a fixed batch size bucket (server/shapes.py).",
+        f"- (c) **batching-off** / (d) **batching-on**: `edgecnn serve` with `--max-queue-delay-us 0` (every "
+        f"request its own ONNX Runtime call) / `--max-queue-delay-us {s['batch_delay_us']}` (max batch 64: a "
+        "work-conserving batcher merges what is pending), otherwise its defaults: validation and metrics; on "
+        f"the CPU provider calls estimated within {DEFAULT_INLINE_MAX_US} us run on the event loop thread instead "
+        "of a worker thread (server/inline.py); on the CUDA provider every call runs on a worker thread, a "
+        "batching model keeps at most two batches in flight, and batches are padded to a batch size bucket "
+        "with a session of its own (server/shapes.py).",
         f"- Client: `edgecnn loadtest --api infer --batch-size 1 --concurrency {s['concurrency']} --duration "
         f"{s['duration']} --warmup {s['warmup']} --processes {s['processes']}` (closed loop, random float32 tensors, "
         "raw_input_contents). Latencies are end to end at the client, from HDR histograms.",
@@ -417,11 +464,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--processes", type=int, default=2, help="load-test client processes")
     parser.add_argument("--batch-delay-us", type=int, default=500, help="edgecnn's max queue delay with batching on")
     parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--out", type=Path, help="the report; its plot and results go beside it as .png and .json "
+                        "(default docs/benchmarks.md; with --render, the results file's name with .md)")
     parser.add_argument("--render", type=Path, metavar="RESULTS_JSON",
-                        help="measure nothing: rewrite --out and its plot from an earlier run's results.json")
+                        help="measure nothing: rewrite the report and its plot from an earlier run's results")
     parser.add_argument("--note", action="append", default=[], help="a line for the report's header (repeatable)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = args.render.with_suffix(".md") if args.render else ROOT / "docs" / "benchmarks.md"
     if args.quick:
         args.duration, args.warmup, args.rounds = 1.0, 0.5, 1
     if args.rounds < 1:
@@ -447,7 +497,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         results = json.loads(args.render.read_text())
         results["notes"] = results.get("notes", []) + args.note
-        results["targets"] = targets(results)
         write_report(results, args.out, log)
         return 0
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -480,20 +529,23 @@ def main(argv: list[str] | None = None) -> int:
             results["onnxruntime"][model.name + suffix] = bench_onnxruntime(model, args.threads, args.duration, callers, device)
             for kind, report in measure_servers(model, device, args, log).items():
                 results["servers"][model.name][kind + suffix] = report
-    results["targets"] = targets(results)
     results["wall_s"] = time.monotonic() - started
-    (args.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")  # before anything can fail
     write_report(results, args.out, log)
     return 0
 
 
 def write_report(results: dict, out: Path, log) -> None:
+    """out (markdown), its plot (.png) and the results it was made from (.json, for --render)."""
+    results["targets"] = targets(results)
     out.parent.mkdir(parents=True, exist_ok=True)
+    data = out.with_suffix(".json")
+    data.write_text(json.dumps(results, indent=2) + "\n")
     plot = out.with_suffix(".png")
     write_markdown(results, out, plot.name if write_plot(results, plot) else None)
     for goal, measured, met in results["targets"]:
         log(f"{'met    ' if met else 'NOT MET'}  {goal}: {measured}")
-    log(f"wrote {out} and {plot}")
+    log(f"wrote {out}, {plot} and {data}")
 
 
 if __name__ == "__main__":

@@ -134,10 +134,11 @@ class InferenceServer:
         await self._health.set_all(names, SERVING)
 
     def _compute_slots(self, mv: ModelVersion) -> int:
-        """ONNX Runtime calls of one model version at once. On a GPU with dynamic batching, one:
-        requests queue behind it and merge into big batches. Otherwise every worker: concurrent
-        calls overlap (on a GPU, one call's kernel launches with another's wait for the device;
-        measured on an H100, one slot served MobileNetV2 at a third of the floor's req/s)."""
+        """Compute slots of one model version (the batcher keeps two batches in flight per slot).
+        On a GPU with dynamic batching, one: at most two batches run at once and the requests
+        behind them merge into the next ones. Otherwise every worker: concurrent calls overlap (on
+        a GPU, one call's kernel launches with another's wait for the device; measured on an H100,
+        one slot served MobileNetV2 unbatched at a third of the floor's req/s)."""
         return 1 if mv.provider == CUDA and mv.dynamic_batching else self._workers
 
     async def stop(self, grace_s: float | None = None) -> None:

@@ -238,6 +238,12 @@ def load_version(
         verification=_read_verification(entry.verification_path),
     )
     if (provider == CUDA if fixed_shapes is None else fixed_shapes) and mv.max_batch_size > 1:
-        mv.shape_buckets = ShapeBuckets(session, lambda: open_session(path, threads, providers), mv.max_batch_size, mv.input_name, mv.output_name)
+        try:
+            mv.shape_buckets = ShapeBuckets(session, lambda: open_session(path, threads, providers), mv.max_batch_size, mv.input_name, mv.output_name)
+        except Exception as exc:  # e.g. out of GPU memory: every bucket holds its own copy of the weights
+            raise StartupError(f"{path}: cannot open a session per batch size bucket (--batch-buckets off avoids them): {exc}") from exc
+        fell_back = [size for size, s in mv.shape_buckets.sessions.items() if s.get_providers()[0] != provider]
+        if fell_back:
+            raise StartupError(f"{path}: the sessions of batch size buckets {fell_back} fell back from {provider}")
     mv.warm_up()
     return mv

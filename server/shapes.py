@@ -51,8 +51,9 @@ class ShapeBuckets:
     def run(self, batch: np.ndarray) -> np.ndarray:
         rows = len(batch)
         size = self.bucket(rows)
-        if size is None:  # larger than any batch the server forms: run it as it is
-            return self.sessions[self.sizes[-1]].run([self._output], {self._input: batch})[0]
+        if size is None:  # more rows than the server ever batches: in pieces of the largest bucket
+            top = self.sizes[-1]
+            return np.concatenate([self.run(batch[i : i + top]) for i in range(0, rows, top)])
         if size > rows:
             padded = np.zeros((size, *batch.shape[1:]), dtype=batch.dtype)
             padded[:rows] = batch

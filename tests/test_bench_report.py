@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+SWEEP = (16, 1, 64, 4)  # out of order on purpose: the goals are set at c=64 and c=1
 
 
 @pytest.fixture(scope="module")
@@ -24,67 +25,113 @@ def bench():
     return bench
 
 
-def step(concurrency: int, req_per_s: float, p50_ms: float, errors: dict[str, int] | None = None) -> dict:
+def step(concurrency: int, req_per_s: float, p50_ms: float | None) -> dict:
     return {
-        "mode": "closed", "concurrency": concurrency, "requests": int(req_per_s), "errors": errors or {},
+        "mode": "closed", "concurrency": concurrency, "requests": int(req_per_s), "errors": {},
         "req_per_s": req_per_s, "images_per_s": req_per_s,
-        "latency_ms": {"p50": p50_ms, "p90": p50_ms, "p95": p50_ms, "p99": 2 * p50_ms, "p99.9": 2 * p50_ms, "max": 3 * p50_ms},
+        "latency_ms": {k: p50_ms for k in ("p50", "p90", "p95", "p99", "p99.9", "max")},
         "client_cpu": [0.3, 0.3], "client_saturated": False,
         "runs": [{"req_per_s": req_per_s * 0.9, "p50_ms": p50_ms}, {"req_per_s": req_per_s * 1.1, "p50_ms": p50_ms}],
     }  # fmt: skip
 
 
-def report(*steps: dict) -> dict:
-    return {"tool": "edgecnn loadtest", "steps": list(steps), "rounds": 2}
+def sweep(req_per_s: dict[int, float], p50_ms: float) -> dict:
+    """A pooled report: req/s per concurrency, p50 of c=1 (the others' latencies are not judged)."""
+    return {"tool": "edgecnn loadtest", "rounds": 2, "steps": [step(c, req_per_s[c], p50_ms if c == 1 else 10.0) for c in req_per_s]}
 
 
-def results(devices: list[str]) -> dict:
-    servers = {}
-    for device in devices:
-        suffix = "" if device == "cpu" else "@cuda"
-        servers["floor" + suffix] = report(step(1, 1000, 1.00), step(64, 2000, 30.0))
-        servers["batching-off" + suffix] = report(step(1, 950, 1.05), step(64, 1900, 32.0))  # 95% of the floor, p50 1.05x
-        servers["batching-on" + suffix] = report(step(1, 900, 1.10), step(64, 2090, 30.0))  # on/off 0.947 at c=1, 1.1x at c=64
+FLOOR = {c: 1000.0 * {1: 1, 4: 2, 16: 2, 64: 2}[c] for c in SWEEP}
+
+
+def servers(off_share: float, off_p50: float, on_over_off: float) -> dict[str, dict]:
+    """Floor, batching off at off_share of the floor (p50 off_p50 vs the floor's 1.0 ms) and
+    batching on at on_over_off of batching off, at every concurrency."""
+    off = {c: FLOOR[c] * off_share for c in SWEEP}
+    return {
+        "floor": sweep(FLOOR, 1.0),
+        "batching-off": sweep(off, off_p50),
+        "batching-on": sweep({c: off[c] * on_over_off for c in SWEEP}, off_p50),
+    }
+
+
+def results(per_device: dict[str, dict[str, dict]], models=("lenet5", "mobilenet-v2")) -> dict:
     return {
         "created": "2026-11-26 10:00:00 UTC",
         "machine": {"cpu": "test CPU", "logical_cpus": 2, "usable_cpus": 2, "ram_gib": 24.0, "os": "Linux", "python": "3.11",
                     "onnxruntime": "1.31", "grpcio": "1.85", "numpy": "2", "edgecnn": "0.1.0", "gpu": "none",
                     "load_average_at_start": [0.1, 0.1, 0.1]},
-        "settings": {"quick": False, "duration": 2.0, "warmup": 0.5, "concurrency": "1,64", "threads": 1, "processes": 2,
-                     "batch_delay_us": 500, "callers": 2, "rounds": 2, "devices": devices},
+        "settings": {"quick": False, "duration": 2.0, "warmup": 0.5, "concurrency": ",".join(map(str, SWEEP)), "threads": 1,
+                     "processes": 2, "batch_delay_us": 500, "callers": 2, "rounds": 2, "devices": list(per_device)},
         "notes": [],
-        "models": [{"name": "mobilenet-v2", "params": 2236682, "input_shape": [3, 32, 32], "onnx_bytes": 9053323, "weights": "fixed seed"}],
-        "onnxruntime": {"mobilenet-v2" + ("" if d == "cpu" else "@cuda"): {"batch1_req_per_s": 300.0, "batch1_p50_ms": 3.0, "batch1_p99_ms": 4.0,
-                        "batch1_parallel_req_per_s": 550.0, "batch64_images_per_s": 900.0} for d in devices},
-        "servers": {"mobilenet-v2": servers},
+        "models": [{"name": m, "params": 1000, "input_shape": [3, 32, 32], "onnx_bytes": 4000, "weights": "fixed seed"} for m in models],
+        "onnxruntime": {m + ("" if d == "cpu" else "@cuda"): {"batch1_req_per_s": 300.0, "batch1_p50_ms": 3.0, "batch1_p99_ms": 4.0,
+                        "batch1_parallel_req_per_s": 550.0, "batch64_images_per_s": 900.0} for m in models for d in per_device},
+        "servers": {m: {kind + ("" if d == "cpu" else "@cuda"): report for d, kinds in per_device.items() for kind, report in kinds.items()}
+                    for m in models},
         "wall_s": 100.0,
     }  # fmt: skip
 
 
-def test_targets_per_device(bench):
-    rows = {goal: (measured, met) for goal, measured, met in bench.targets(results(["cpu", "cuda"]))}
-    for name in ("mobilenet-v2", "mobilenet-v2@cuda"):
-        assert rows[f"{name}: batching off reaches >= 90% of the floor's req/s at c=64"] == ("1900 vs 2000 req/s = 95%", True)
-        assert rows[f"{name}: batching off p50 at c=1 <= 1.1x the floor's"] == ("1.05 vs 1.00 ms = 1.05x", True)
-        measured, met = rows[f"{name}: batching on never > 5% below batching off in req/s"]
-        assert measured == "on/off c=1: 0.95, c=64: 1.10 (worst c=1)" and met is False  # 0.947 rounds to 0.95 but is below
-        assert rows[f"{name}: batching on is faster where compute dominates (c=64)"] == ("on/off = 1.10x", True)
+def rows_of(bench, data: dict) -> dict[str, tuple[str, bool]]:
+    return {goal: (measured, met) for goal, measured, met in bench.targets(data)}
+
+
+def test_goals_are_judged_at_c64_and_c1_on_each_device_with_its_own_numbers(bench):
+    # CPU: every goal met, exactly at its boundary; GPU: every goal missed.
+    rows = rows_of(bench, results({"cpu": servers(0.90, 1.10, 1.0), "cuda": servers(0.80, 1.20, 0.90)}))
+    assert rows["lenet5: batching off reaches >= 90% of the floor's req/s at c=64"] == ("1800 vs 2000 req/s = 90.0%", True)
+    assert rows["lenet5: batching off p50 at c=1 <= 1.1x the floor's"] == ("1.10 vs 1.00 ms = 1.100x", True)
+    assert rows["mobilenet-v2: batching on is faster where compute dominates (c=64)"] == ("on/off = 1.000x", False)
+    assert rows["lenet5@cuda: batching off reaches >= 90% of the floor's req/s at c=64"] == ("1600 vs 2000 req/s = 80.0%", False)
+    assert rows["lenet5@cuda: batching off p50 at c=1 <= 1.1x the floor's"] == ("1.20 vs 1.00 ms = 1.200x", False)
+    assert rows["lenet5@cuda: batching on never > 5% below batching off in req/s"] == (
+        "on/off c=1: 0.900, c=4: 0.900, c=16: 0.900, c=64: 0.900 (worst c=1)", False)  # fmt: skip
+    # "where compute dominates": MobileNetV2 everywhere, every model on the GPU, LeNet-5 not on the CPU.
+    assert "lenet5@cuda: batching on is faster where compute dominates (c=64)" in rows
+    assert "mobilenet-v2@cuda: batching on is faster where compute dominates (c=64)" in rows
+    assert "lenet5: batching on is faster where compute dominates (c=64)" not in rows
     assert rows["zero errors"] == ("0 failed requests", True)
 
 
-def test_errors_anywhere_fail_the_zero_errors_target(bench):
-    data = results(["cpu"])
-    data["servers"]["mobilenet-v2"]["batching-on"]["steps"][1]["errors"] = {"UNAVAILABLE": 3}
-    assert bench.targets(data)[-1] == ("zero errors", "3 failed requests", False)
+def test_just_below_a_boundary_is_not_met(bench):
+    rows = rows_of(bench, results({"cpu": servers(0.8996, 1.1004, 0.9496)}, models=("mobilenet-v2",)))
+    assert rows["mobilenet-v2: batching off reaches >= 90% of the floor's req/s at c=64"] == ("1799 vs 2000 req/s = 90.0%", False)
+    assert rows["mobilenet-v2: batching off p50 at c=1 <= 1.1x the floor's"][1] is False
+    measured, met = rows["mobilenet-v2: batching on never > 5% below batching off in req/s"]
+    assert "c=64: 0.950" in measured and met is False
 
 
-def test_render_rewrites_the_report_with_notes(bench, tmp_path):
-    saved = tmp_path / "results.json"
-    saved.write_text(json.dumps(results(["cuda"])))
-    out = tmp_path / "report.md"
-    assert bench.main(["--render", str(saved), "--out", str(out), "--note", "measured before the fix"]) == 0
-    text = out.read_text()
+def test_a_sweep_without_c64_leaves_that_goal_unmet(bench):
+    data = results({"cpu": servers(1.0, 1.0, 1.2)}, models=("mobilenet-v2",))
+    for report in data["servers"]["mobilenet-v2"].values():
+        report["steps"] = [s for s in report["steps"] if s["concurrency"] != 64]
+    rows = rows_of(bench, data)
+    assert rows["mobilenet-v2: batching off reaches >= 90% of the floor's req/s at c=64"] == ("not measured (the sweep lacks c=64)", False)
+    assert rows["mobilenet-v2: batching off p50 at c=1 <= 1.1x the floor's"][1] is True
+
+
+def test_a_step_where_every_request_failed_is_reported_not_crashed_on(bench):
+    data = results({"cpu": servers(1.0, 1.0, 1.0)}, models=("lenet5",))
+    dead = data["servers"]["lenet5"]["batching-off"]["steps"]
+    dead[:] = [{**s, "req_per_s": 0.0, "errors": {"UNAVAILABLE": 7}, "latency_ms": {k: None for k in s["latency_ms"]}} for s in dead]
+    rows = rows_of(bench, data)
+    assert rows["lenet5: batching off reaches >= 90% of the floor's req/s at c=64"] == ("0 vs 2000 req/s = n/a", False)
+    assert rows["lenet5: batching off p50 at c=1 <= 1.1x the floor's"] == ("- vs 1.00 ms = n/a", False)
+    assert rows["lenet5: batching on never > 5% below batching off in req/s"][1] is False
+    assert rows["zero errors"] == ("28 failed requests", False)
+
+
+def test_render_rewrites_the_report_keeps_the_notes_and_reads_older_results(bench, tmp_path):
+    data = results({"cpu": servers(0.95, 1.0, 1.1), "cuda": servers(0.95, 1.0, 2.0)}, models=("mobilenet-v2",))
+    del data["settings"]["devices"], data["notes"]  # as written before --devices and --note existed
+    saved = tmp_path / "gpu-run.json"
+    saved.write_text(json.dumps(data))
+    assert bench.main(["--render", str(saved), "--note", "measured before the fix"]) == 0
+    text = (tmp_path / "gpu-run.md").read_text()  # the default --out: beside the results
     assert "**Note:** measured before the fix" in text
-    assert "| batching-on@cuda | 64 | 2090 | 1881 / 2299 |" in text
-    assert "| mobilenet-v2@cuda: batching on is faster where compute dominates (c=64) | on/off = 1.10x | met |" in text
-    assert (tmp_path / "report.png").stat().st_size > 0
+    assert "| batching-on@cuda | 64 | 3800 | 3420 / 4180 |" in text
+    assert "| mobilenet-v2@cuda: batching on is faster where compute dominates (c=64) | on/off = 2.000x | met |" in text
+    assert (tmp_path / "gpu-run.png").stat().st_size > 0
+    assert json.loads(saved.read_text())["notes"] == ["measured before the fix"], "the notes are kept for the next render"
+    assert bench.main(["--render", str(saved)]) == 0
+    assert "**Note:** measured before the fix" in (tmp_path / "gpu-run.md").read_text()

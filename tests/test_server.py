@@ -37,6 +37,7 @@ from edgecnn import repository as repo
 from edgecnn.protos import classifier_pb2, classifier_pb2_grpc, inference_pb2, inference_pb2_grpc
 from edgecnn.server import ServerThread, Settings, StartupError
 from edgecnn.server.device import CPU, CUDA, gpu_present, with_options
+from edgecnn.server.runtime import load_version
 from edgecnn.server.settings import DEFAULT_MAX_IMAGE_PIXELS
 from edgecnn.server.shapes import bucket_sizes
 
@@ -711,6 +712,7 @@ def test_cuda_batches_of_mixed_sizes_give_the_same_results(repository, fashion):
         batched, single = (running.server.state.batchers[(name, 1)] for name in ("lenet5-batched", "lenet5"))
         assert (batched.slots, batched.inline_max_s) == (1, 0.0), "on a GPU: one slot to batch into, never inline"
         assert single.slots >= 2 and single.inline_max_s == 0.0
+        assert batched.mv.shape_buckets.sizes == [1, 2, 4, 8, 16, 32, 64] and single.mv.shape_buckets.sizes == [1, 2, 4, 8]
         session = batched.mv.session
         assert session.get_provider_options()[CUDA]["cudnn_conv_algo_search"] == "HEURISTIC"
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(ch)
@@ -750,6 +752,32 @@ def test_batch_buckets_pad_batches_and_keep_each_session_to_one_shape(repository
                 np.testing.assert_allclose(logits_of(future.result()), reference_logits(repository["batched"], x), rtol=1e-5, atol=1e-6)
     assert all(shapes <= {size} for size, shapes in seen.items()), seen
     assert len(set().union(*seen.values())) >= 3, f"too few bucket sizes exercised: {seen}"
+
+
+def test_batch_buckets_run_more_rows_than_the_largest_bucket_in_pieces(repository, fashion):
+    entry = next(e for e in repo.list_models(repository["dir"]) if e.name == "lenet5-batched")
+    mv = load_version(entry, repo.read_config(entry.model_dir), [CPU], 1, 4, 0, fixed_shapes=True)
+    assert mv.shape_buckets.sizes == [1, 2, 4] and mv.shape_buckets.bucket(3) == 4 and mv.shape_buckets.bucket(5) is None
+    x = fashion["x"][:11]
+    np.testing.assert_allclose(mv.run(x), reference_logits(repository["batched"], x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_bucket_session_that_cannot_open_is_a_startup_error(repository, monkeypatch):
+    from edgecnn.server import runtime
+
+    opened = []
+
+    def open_once(*args):
+        if opened:
+            raise RuntimeError("CUDA failure 2: out of memory")
+        opened.append(args)
+        return real_open(*args)
+
+    real_open = runtime.open_session
+    monkeypatch.setattr(runtime, "open_session", open_once)
+    entry = next(e for e in repo.list_models(repository["dir"]) if e.name == "lenet5-batched")
+    with pytest.raises(StartupError, match="cannot open a session per batch size bucket.*out of memory"):
+        load_version(entry, repo.read_config(entry.model_dir), [CPU], 1, 4, 0, fixed_shapes=True)
 
 
 def test_batch_buckets_off_and_auto_on_the_cpu(repository):

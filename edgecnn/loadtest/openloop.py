@@ -26,6 +26,11 @@ class OpenLoopCounts:
     max_send_lag_s: float  # the longest a measured request left after its scheduled time
 
 
+def measured_window(start: float, end: float | None, last: float) -> float:
+    """Seconds from the measurement's start to its end (--duration), or else to the last event (--requests)."""
+    return (end if end is not None else last) - start
+
+
 class _Sends:
     """Real send times of the measured arrivals."""
 
@@ -46,7 +51,7 @@ class _Sends:
 
     @property
     def window_s(self) -> float:
-        return (self.measure_end if self.measure_end is not None else self.last) - self.measure_start
+        return measured_window(self.measure_start, self.measure_end, self.last)
 
 
 async def open_loop(
@@ -95,5 +100,5 @@ async def open_loop(
         k += 1
     if in_flight:
         await asyncio.gather(*in_flight)
-    window_s = (measure_end if measure_end is not None else last_arrival) - recorder.measure_start
+    window_s = measured_window(recorder.measure_start, measure_end, last_arrival)
     return OpenLoopCounts(scheduled, window_s, sends.count, sends.window_s, sends.max_lag)
