@@ -2,9 +2,9 @@
 
 Queued requests run as batches: concatenated, one ONNX Runtime call, logits scattered back in
 order; a request is never split across batches. `slots` is the number of ONNX Runtime calls
-that can compute at once (the executor's workers on a CPU, one on a GPU); twice as many batches
-may be in flight, so that a worker finishing a batch finds the next one already queued instead
-of idling until the event loop gets round to forming it.
+that can compute at once (the executor's workers; one on a GPU with batching on: app.py); twice
+as many batches may be in flight, so that a worker finishing a batch finds the next one already
+queued instead of idling until the event loop gets round to forming it.
 
 The policy is work-conserving: a free place takes its share of what is pending at once (the
 pending rows spread evenly over the free places, up to max_batch_size) and never holds a request
