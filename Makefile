@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test results bench protos clean
+.PHONY: setup data demo test test-gpu results bench bench-gpu protos clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,13 @@ results: setup data
 
 bench: setup data
 	$(BIN)/python scripts/bench.py
+
+# On a machine with an NVIDIA GPU (they skip or refuse elsewhere).
+test-gpu: setup data
+	$(BIN)/python -m pytest -q -m cuda
+
+bench-gpu: setup data
+	$(BIN)/python scripts/bench.py --devices cuda --out docs/benchmarks-gpu.md
 
 protos: setup
 	$(BIN)/python scripts/gen_protos.py
