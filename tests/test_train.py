@@ -66,6 +66,18 @@ def test_cifar_training_with_augmentation(tmp_path, tiny_cifar_dir):
     assert m["dataset"] == "cifar10" and m["config"]["augment"] == "auto" and m["params"] == 545_098
 
 
+def test_threads_flag_sets_torch_threads(tmp_path, tiny_mnist_dir, capsys):
+    before = torch.get_num_threads()
+    try:
+        out = _train(tmp_path, tiny_mnist_dir, "one-thread", "--threads", "1", "--epochs", "1")
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["threads"] == 1 and metrics["config"]["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    assert main(["train", "lenet5", "--threads", "-1", "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
+    assert "--threads must be >= 0" in capsys.readouterr().err
+
+
 def test_missing_data_is_a_clear_cli_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(datasets, "SYSTEM_DATA_ROOT", tmp_path / "system")
     monkeypatch.setenv("HOME", str(tmp_path))

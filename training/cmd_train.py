@@ -22,6 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="use only the first N training images (smoke runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads on the CPU (0: one per core; 1 keeps a busy machine responsive)")
     parser.add_argument("--data-dir", help="where the dataset files are (searched first)")
     parser.add_argument("--download", action="store_true", help="download the dataset through torchvision if missing")
     parser.add_argument("--augment", choices=["auto", "none", "flip", "crop-flip"], default="auto",
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         seed=args.seed,
         device=args.device,
+        threads=args.threads,
         data_dir=args.data_dir,
         download=args.download,
         augment=args.augment,

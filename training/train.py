@@ -41,6 +41,7 @@ class TrainConfig:
     limit: int | None = None
     seed: int = 0
     device: str = "auto"
+    threads: int = 0  # torch intra-op threads on the CPU; 0: torch's default (one per core)
     data_dir: str | None = None
     download: bool = False
     augment: str = "auto"  # auto: crop-flip for cifar10, none otherwise; or none|flip|crop-flip
@@ -138,6 +139,10 @@ def _stats(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.Tens
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
+    if cfg.threads < 0:
+        raise ValueError(f"--threads must be >= 0, not {cfg.threads}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     device = resolve_device(cfg.device)
@@ -218,6 +223,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "train_seconds": round(seconds, 2),
         "seed": cfg.seed,
         "device": str(device),
+        "threads": torch.get_num_threads(),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "torch_version": str(torch.__version__),
         "edgecnn_version": __version__,
