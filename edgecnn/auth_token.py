@@ -20,6 +20,11 @@ def read_token(path: Path | str) -> str:
     return token
 
 
+def token_file_option(path: Path | str | None) -> str | None:
+    """The token of an --auth-token-file option, or None when the option is not given."""
+    return read_token(path) if path else None
+
+
 def bearer(token: str) -> str:
     """The metadata value for `token`: ``Bearer <token>``."""
     return f"Bearer {token}"

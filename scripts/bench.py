@@ -291,7 +291,7 @@ def _server_targets(model: str, device: str, servers: dict[str, dict]) -> list[t
         row(f"{name}: batching off reaches >= 90% of the floor's req/s at c={top}", top, throughput),
         row(f"{name}: batching off p50 at c={bottom} <= 1.1x the floor's", bottom, latency),
         (f"{name}: batching on never > 5% below batching off in req/s",
-         "on/off " + ", ".join(f"c={c}: {_fixed(r)}" for c, r in ratios.items()) + f" (worst c={worst})",
+         "on/off " + ", ".join(f"c={c}: {_times(r, '')}" for c, r in ratios.items()) + f" (worst c={worst})",
          worst is not None and len(known) == len(ratios) and known[worst] >= 0.95),
     ]  # fmt: skip
     if model == "mobilenet-v2" or device == "cuda":
@@ -304,12 +304,8 @@ def _pct(ratio: float | None) -> str:
     return "n/a" if ratio is None else f"{ratio:.1%}"
 
 
-def _fixed(ratio: float | None) -> str:
-    return "n/a" if ratio is None else f"{ratio:.3f}"
-
-
-def _times(ratio: float | None) -> str:
-    return "n/a" if ratio is None else f"{ratio:.3f}x"
+def _times(ratio: float | None, unit: str = "x") -> str:
+    return "n/a" if ratio is None else f"{ratio:.3f}{unit}"
 
 
 def _ms(value: float | None) -> str:

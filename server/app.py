@@ -122,10 +122,7 @@ class InferenceServer:
         registry = await asyncio.get_running_loop().run_in_executor(self._executor, load)
         self.state.registry = registry
         for mv in registry.all():
-            slots, inline_max_s = self._compute_slots(mv), s.inline_max_us * 1e-6
-            if mv.provider == CUDA:
-                inline_max_s = 0.0  # a CUDA call mostly waits for the GPU: inline, it would stall the loop
-            batcher = Batcher(mv, self._executor, self.metrics.add_model(mv), s.max_queue, slots, inline_max_s)
+            batcher = Batcher(mv, self._executor, self.metrics.add_model(mv), s.max_queue, self._compute_slots(mv), self._inline_max_s(mv))
             self.state.batchers[(mv.name, mv.version)] = batcher
         used = sorted({mv.provider for mv in registry.all()})
         log.info("execution provider: %s (asked for --device %s)", ", ".join(used), s.device)
@@ -140,6 +137,11 @@ class InferenceServer:
         a GPU, one call's kernel launches with another's wait for the device; measured on an H100,
         one slot served MobileNetV2 unbatched at a third of the floor's req/s)."""
         return 1 if mv.provider == CUDA and mv.dynamic_batching else self._workers
+
+    def _inline_max_s(self, mv: ModelVersion) -> float:
+        """The inline budget (inline.py); none on a GPU, where a call mostly waits for the device
+        and, run on the loop, would stall every other request meanwhile."""
+        return 0.0 if mv.provider == CUDA else self.settings.inline_max_us * 1e-6
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new requests, let in-flight ones finish within the grace."""

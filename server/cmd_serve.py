@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from edgecnn.auth_token import read_token
+from edgecnn.auth_token import token_file_option
 
 from .app import InferenceServer, serve_until_signal
 from .errors import StartupError
@@ -74,7 +74,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    token = read_token(args.auth_token_file) if args.auth_token_file else None
+    token = token_file_option(args.auth_token_file)
     return Settings(
         repository=args.repository,
         host=args.host,

@@ -98,7 +98,7 @@ class ModelVersion:
         bucket too, and record the median batch-1 time; a model that cannot run fails here, at
         start-up."""
         times = []
-        for size in [1, *(self.shape_buckets.sizes[1:] if self.shape_buckets else [])]:
+        for size in self.shape_buckets.sizes if self.shape_buckets else [1]:
             x = np.zeros((size, *self.input_shape), dtype=np.float32)
             try:
                 for i in range(WARMUP_RUNS + (TIMED_RUNS if size == 1 else 0)):
@@ -238,12 +238,19 @@ def load_version(
         verification=_read_verification(entry.verification_path),
     )
     if (provider == CUDA if fixed_shapes is None else fixed_shapes) and mv.max_batch_size > 1:
-        try:
-            mv.shape_buckets = ShapeBuckets(session, lambda: open_session(path, threads, providers), mv.max_batch_size, mv.input_name, mv.output_name)
-        except Exception as exc:  # e.g. out of GPU memory: every bucket holds its own copy of the weights
-            raise StartupError(f"{path}: cannot open a session per batch size bucket (--batch-buckets off avoids them): {exc}") from exc
-        fell_back = [size for size, s in mv.shape_buckets.sessions.items() if s.get_providers()[0] != provider]
-        if fell_back:
-            raise StartupError(f"{path}: the sessions of batch size buckets {fell_back} fell back from {provider}")
+        mv.shape_buckets = _open_buckets(mv, threads, providers)
     mv.warm_up()
     return mv
+
+
+def _open_buckets(mv: ModelVersion, threads: int, providers: list[str]) -> ShapeBuckets:
+    """mv's session as the batch-1 bucket and a session of the same settings for every other."""
+    path = mv.onnx_path
+    try:
+        buckets = ShapeBuckets(mv.session, lambda: open_session(path, threads, providers), mv.max_batch_size, mv.input_name, mv.output_name)
+    except Exception as exc:  # e.g. out of GPU memory: every bucket holds its own copy of the weights
+        raise StartupError(f"{path}: cannot open a session per batch size bucket (--batch-buckets off avoids them): {exc}") from exc
+    fell_back = [size for size, s in buckets.sessions.items() if s.get_providers()[0] != mv.provider]
+    if fell_back:
+        raise StartupError(f"{path}: the sessions of batch size buckets {fell_back} fell back from {mv.provider}")
+    return buckets

@@ -754,9 +754,14 @@ def test_batch_buckets_pad_batches_and_keep_each_session_to_one_shape(repository
     assert len(set().union(*seen.values())) >= 3, f"too few bucket sizes exercised: {seen}"
 
 
-def test_batch_buckets_run_more_rows_than_the_largest_bucket_in_pieces(repository, fashion):
+def load_batched_with_buckets(repository: dict, max_batch_size: int):
+    """lenet5-batched loaded on the CPU provider with a session per batch size bucket."""
     entry = next(e for e in repo.list_models(repository["dir"]) if e.name == "lenet5-batched")
-    mv = load_version(entry, repo.read_config(entry.model_dir), [CPU], 1, 4, 0, fixed_shapes=True)
+    return load_version(entry, repo.read_config(entry.model_dir), [CPU], 1, max_batch_size, 0, fixed_shapes=True)
+
+
+def test_batch_buckets_run_more_rows_than_the_largest_bucket_in_pieces(repository, fashion):
+    mv = load_batched_with_buckets(repository, max_batch_size=4)
     assert mv.shape_buckets.sizes == [1, 2, 4] and mv.shape_buckets.bucket(3) == 4 and mv.shape_buckets.bucket(5) is None
     x = fashion["x"][:11]
     np.testing.assert_allclose(mv.run(x), reference_logits(repository["batched"], x), rtol=1e-5, atol=1e-6)
@@ -775,9 +780,8 @@ def test_a_bucket_session_that_cannot_open_is_a_startup_error(repository, monkey
 
     real_open = runtime.open_session
     monkeypatch.setattr(runtime, "open_session", open_once)
-    entry = next(e for e in repo.list_models(repository["dir"]) if e.name == "lenet5-batched")
     with pytest.raises(StartupError, match="cannot open a session per batch size bucket.*out of memory"):
-        load_version(entry, repo.read_config(entry.model_dir), [CPU], 1, 4, 0, fixed_shapes=True)
+        load_batched_with_buckets(repository, max_batch_size=4)
 
 
 def test_batch_buckets_off_and_auto_on_the_cpu(repository):

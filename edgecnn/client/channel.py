@@ -8,8 +8,6 @@ from pathlib import Path
 
 import grpc
 
-from edgecnn.auth_token import read_token
-
 PathLike = Path | str
 
 
@@ -67,6 +65,3 @@ def add_connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     parser.add_argument("--auth-token-file", default=None, help="file holding a bearer token")
 
-
-def token_from_args(args: argparse.Namespace) -> str | None:
-    return read_token(args.auth_token_file) if args.auth_token_file else None

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from edgecnn.auth_token import token_file_option
 
-from .channel import add_connection_args, token_from_args
+from .channel import add_connection_args
 from .client import ClientError, EdgeClient
 from .files import InputFileError, NamedImage, read_image_files
 from .health import DEFAULT_TIMEOUT_S
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         if args.top_k < 1:
             raise ValueError(f"--top-k {args.top_k}: expected a positive number of classes")
         images = read_image_files(args.files)
-        token = token_from_args(args)
+        token = token_file_option(args.auth_token_file)
         client = EdgeClient(
             args.server, args.model, args.version, tls_ca=args.tls_ca, token=token, timeout=args.timeout,
             tls_cert=args.tls_cert, tls_key=args.tls_key,

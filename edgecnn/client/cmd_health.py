@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edgecnn.client.channel import add_connection_args, token_from_args
+from edgecnn.auth_token import token_file_option
+from edgecnn.client.channel import add_connection_args
 from edgecnn.client.health import DEFAULT_TIMEOUT_S, SERVING, HealthCheckError, check_health
 
 
@@ -19,7 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     what = f"model {args.model}" if args.model else "server"
     try:
-        token = token_from_args(args)
+        token = token_file_option(args.auth_token_file)
         status = check_health(
             args.server, args.model, timeout=args.timeout, tls_ca=args.tls_ca, auth_token=token,
             tls_cert=args.tls_cert, tls_key=args.tls_key,

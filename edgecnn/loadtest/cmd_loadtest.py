@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from edgecnn.client.channel import add_connection_args, channel_credentials, parse_server, token_from_args
+from edgecnn.auth_token import token_file_option
+from edgecnn.client.channel import add_connection_args, channel_credentials, parse_server
 from edgecnn.client.client import ClientError
 from edgecnn.client.messages import INPUT_NAME
 
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)  # every TLS file readable, before any process starts
         if args.timeout <= 0:
             raise ValueError(f"--timeout {args.timeout}: expected a positive number of seconds")
-        token = token_from_args(args)
+        token = token_file_option(args.auth_token_file)
         target = Target(
             args.server, args.model, args.version, args.api, args.tls_ca, token, args.timeout, args.tls_cert, args.tls_key
         )
