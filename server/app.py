@@ -156,7 +156,7 @@ class InferenceServer:
         if self.state.inflight:
             log.warning("grace period over with %d requests still in flight", self.state.inflight)
         for batcher in self.state.batchers.values():
-            await batcher.stop()
+            await batcher.stop(deadline)
         await self._close(max(0.0, deadline - time.monotonic()))
 
     async def _close(self, grace: float = 0.0) -> None:

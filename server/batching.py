@@ -29,7 +29,7 @@ import collections
 import functools
 import logging
 from concurrent.futures import Executor
-from time import perf_counter
+from time import monotonic, perf_counter
 
 import numpy as np
 
@@ -80,11 +80,19 @@ class Batcher:
             f"model {mv.name!r} version {mv.version}: queue full ({max_queue} requests waiting); retry later"
         )
 
-    async def stop(self) -> None:
-        """Return when every queued and running batch is done."""
+    async def stop(self, deadline: float) -> None:
+        """Return when every queued and running batch is done, or at the deadline (time.monotonic)
+        failing the requests still queued with UNAVAILABLE, so that their clients can retry elsewhere."""
         self._dispatch()
-        while self._pending or self._running:
+        while (self._pending or self._running) and monotonic() < deadline:
             await asyncio.sleep(0.001)
+        if self._pending:
+            log.warning("%s v%d: shutting down with %d requests still queued", self.mv.name, self.mv.version, len(self._pending))
+            dropped = list(self._pending)
+            self._pending.clear()
+            self._pending_rows = 0
+            self._metrics.queue_depth.dec(len(dropped))
+            self._fail(dropped, Unavailable(f"model {self.mv.name!r} is shutting down; retry on another replica"))
 
     async def infer(self, x: np.ndarray) -> np.ndarray:
         """Logits for x: float32 (N, C, H, W), N within the model's max batch size."""
@@ -104,7 +112,20 @@ class Batcher:
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._dispatch)
-        return await item.future
+        try:
+            return await item.future
+        except asyncio.CancelledError:  # the client's deadline passed or it went away
+            self._forget(item)
+            raise
+
+    def _forget(self, item: _Item) -> None:
+        """Take a cancelled request out of the queue at once, so it holds no place under max_queue."""
+        try:
+            self._pending.remove(item)
+        except ValueError:  # already taken into a batch
+            return
+        self._pending_rows -= len(item.x)
+        self._metrics.queue_depth.dec()
 
     async def _infer_direct(self, x: np.ndarray) -> np.ndarray:
         if self._waiting >= self._max_queue:
@@ -156,7 +177,11 @@ class Batcher:
         start = perf_counter()
         for item in batch:
             self._metrics.queue_wait.observe(start - item.enqueued)
-        x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
+        try:
+            x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
+        except MemoryError as exc:
+            self._fail_logged(batch, exc)
+            return
         if runs_inline(len(x) * self.mv.batch1_s, self.inline_max_s, self._running):
             try:
                 out = self._timed_compute(x)

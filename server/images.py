@@ -13,7 +13,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from edgecnn.protos import classifier_pb2
 
@@ -47,7 +47,9 @@ def decode_image(data: bytes, mv: ModelVersion, what: str, max_pixels: int = DEF
             if image.size != (w, h):
                 image = image.resize((w, h), Image.Resampling.BILINEAR)
             pixels = np.asarray(image, dtype=np.float32)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except InvalidArgument:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types on corrupt bytes (SyntaxError, EOFError, zlib.error, ...)
         raise InvalidArgument(f"{what}: cannot decode the image ({exc}); expected PNG or JPEG file bytes") from None
     chw = pixels[None] if c == 1 else pixels.transpose(2, 0, 1)
     return (chw * mv.pixel_scale - mv.mean) / mv.std

@@ -12,10 +12,11 @@ from .calls import Call, rpc
 from .errors import NotFound
 from .runtime import ModelVersion
 from .state import ServerState
-from .tensors import DATATYPE, decode_input, encode_output
+from .tensors import DATATYPE, batch_limit, class_count, decode_input, encode_output
 
 SERVER_NAME = "edgecnn"
-EXTENSIONS = ["model_configuration", "model_repository"]
+# model_repository is not listed: RepositoryIndex answers, but load/unload (model control) is not offered.
+EXTENSIONS = ["model_configuration", "classification"]
 
 
 def effective_config(mv: ModelVersion) -> model_config_pb2.ModelConfig:
@@ -23,7 +24,10 @@ def effective_config(mv: ModelVersion) -> model_config_pb2.ModelConfig:
     config = model_config_pb2.ModelConfig()
     config.CopyFrom(mv.config)
     config.max_batch_size = mv.max_batch_size
-    config.dynamic_batching.max_queue_delay_microseconds = mv.max_queue_delay_us
+    if mv.dynamic_batching:
+        config.dynamic_batching.max_queue_delay_microseconds = mv.max_queue_delay_us
+    else:  # Triton reads a dynamic_batching block, even an empty one, as batching on
+        config.ClearField("dynamic_batching")
     return config
 
 
@@ -56,8 +60,9 @@ class KServeServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             versions=[v.version_str for v in self.state.registry.versions_of(mv.name)],
             platform=repo.PLATFORM,
         )
-        response.inputs.add(name=mv.input_name, datatype=DATATYPE, shape=[-1, *mv.input_shape])
-        response.outputs.add(name=mv.output_name, datatype=DATATYPE, shape=[-1, mv.num_classes])
+        batch = -1 if batch_limit(mv) > 1 else 1
+        response.inputs.add(name=mv.input_name, datatype=DATATYPE, shape=[batch, *mv.input_shape])
+        response.outputs.add(name=mv.output_name, datatype=DATATYPE, shape=[batch, mv.num_classes])
         return response
 
     @rpc("ModelConfig")
@@ -71,8 +76,9 @@ class KServeServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         mv = self.state.registry.get(request.model_name, request.model_version)
         call.label(mv.name, mv.version_str)
         x = decode_input(request, mv)
+        top_k = class_count(request, mv)
         logits = await self.state.batcher(mv).infer(x)
-        return encode_output(request, mv, logits)
+        return encode_output(request, mv, logits, top_k)
 
     @rpc("RepositoryIndex")
     async def RepositoryIndex(self, request, context, call: Call):

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from edgecnn import repository as repo
+from edgecnn.protos import model_config_pb2
 
 from .errors import NotFound, StartupError
 from .runtime import ModelVersion, load_version
@@ -44,6 +45,32 @@ class ModelRegistry:
         return [mv for listed in self._versions.values() for mv in listed]
 
 
+def served_versions(
+    entries: list[repo.ModelVersionPath], configs: dict[str, model_config_pb2.ModelConfig]
+) -> list[repo.ModelVersionPath]:
+    """The versions each model's version_policy serves, as Triton picks them: latest N (N = 1
+    when config.pbtxt has no policy), all, or specific ones (each must exist)."""
+    served = []
+    for name, config in configs.items():
+        mine = [e for e in entries if e.name == name]
+        policy = config.version_policy
+        choice = policy.WhichOneof("policy_choice")
+        if choice == "all":
+            served += mine
+        elif choice == "specific":
+            have = {e.version: e for e in mine}
+            missing = [v for v in policy.specific.versions if v not in have]
+            if missing:
+                raise StartupError(
+                    f"model {name!r}: version_policy names versions {missing} that the repository lacks (have {sorted(have)})"
+                )
+            served += [have[v] for v in sorted(set(policy.specific.versions))]
+        else:
+            latest = policy.latest.num_versions if choice == "latest" else 1
+            served += mine[-max(latest, 1):]
+    return served
+
+
 def load_registry(
     repository: Path,
     providers: list[str],
@@ -59,15 +86,16 @@ def load_registry(
         raise StartupError(str(exc)) from None
     if not entries:
         raise StartupError(f"model repository {repository} holds no model (expected <name>/config.pbtxt and <name>/<version>/model.onnx)")
-    configs: dict[str, object] = {}
-    loaded = []
+    configs: dict[str, model_config_pb2.ModelConfig] = {}
     for entry in entries:
         if entry.name not in configs:
             try:
                 configs[entry.name] = repo.read_config(entry.model_dir)
             except repo.RepositoryError as exc:
                 raise StartupError(str(exc)) from None
-        mv = load_version(entry, configs[entry.name], providers, threads, max_batch_size, max_queue_delay_us, fixed_shapes)  # type: ignore[arg-type]
+    loaded = []
+    for entry in served_versions(entries, configs):
+        mv = load_version(entry, configs[entry.name], providers, threads, max_batch_size, max_queue_delay_us, fixed_shapes)
         log.info(
             "loaded %s version %d (%s, %d params, opset %d, max batch %d, queue delay %d us, batch of 1 in %.0f us)",
             mv.name, mv.version, mv.provider, mv.params, mv.opset, mv.max_batch_size, mv.max_queue_delay_us, mv.batch1_s * 1e6,

@@ -145,7 +145,10 @@ def _summarize(report: dict[str, Any]) -> str:
 def _read_verification(path: Path) -> Verification:
     if not path.is_file():
         return Verification(False, False, "not verified (no verification.json)", "")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        return Verification(True, False, f"unreadable verification.json: {exc}", "")
     try:
         report = json.loads(text)
         return Verification(True, bool(report.get("passed")), _summarize(report), text)
@@ -163,6 +166,16 @@ def _input_shape(meta: dict[str, Any], config: model_config_pb2.ModelConfig, ses
     if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
         raise StartupError(f"cannot tell the [C, H, W] input shape of the model (got {shape})")
     return tuple(shape)  # type: ignore[return-value]
+
+
+def _check_batch_dim(session: ort.InferenceSession, max_batch_size: int, path: Path) -> None:
+    """A graph exported with a fixed batch size cannot take merged batches (Triton refuses it too)."""
+    dim = session.get_inputs()[0].shape[0]
+    if isinstance(dim, int) and (dim != 1 or max_batch_size > 1):
+        raise StartupError(
+            f"{path}: the input's batch dimension is fixed at {dim}, so max_batch_size {max_batch_size} cannot be served; "
+            "export with a dynamic batch axis (edgecnn export does), or serve a batch-1 graph with max_batch_size 0 or 1"
+        )
 
 
 def _per_channel(values: Any, channels: int, default: float, what: str, path: Path) -> np.ndarray:
@@ -211,6 +224,7 @@ def load_version(
         delay = config.dynamic_batching.max_queue_delay_microseconds
     else:
         delay = 0
+    _check_batch_dim(session, batch, path)
     accuracy = meta.get(repo.Meta.TEST_ACCURACY)
     mv = ModelVersion(
         name=entry.name,

@@ -3,6 +3,8 @@ bad input into INVALID_ARGUMENT messages naming what was expected."""
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 from edgecnn.protos import inference_pb2
@@ -11,6 +13,7 @@ from .errors import InvalidArgument
 from .runtime import ModelVersion
 
 DATATYPE = "FP32"
+CLASSIFICATION = "classification"
 
 
 def check_finite(x: np.ndarray, what: str) -> None:
@@ -40,6 +43,8 @@ def decode_input(request: inference_pb2.ModelInferRequest, mv: ModelVersion) -> 
     if n > limit:
         raise InvalidArgument(f"batch of {n} exceeds the max batch size of model {mv.name!r} ({limit})")
     if request.raw_input_contents:
+        if tensor.HasField("contents") and tensor.contents.ByteSize():
+            raise InvalidArgument(f"input {tensor.name!r} has both raw_input_contents and contents; send one of them")
         if len(request.raw_input_contents) != 1:
             raise InvalidArgument(f"expected 1 raw_input_contents entry (one per input), got {len(request.raw_input_contents)}")
         raw = request.raw_input_contents[0]
@@ -58,16 +63,49 @@ def decode_input(request: inference_pb2.ModelInferRequest, mv: ModelVersion) -> 
             )
         x = np.asarray(values, dtype=np.float32).reshape(shape)
     check_finite(x, f"input {tensor.name!r}")
-    for wanted in request.outputs:
-        if wanted.name != mv.output_name:
-            raise InvalidArgument(f"unknown output {wanted.name!r}; expected {mv.output_name!r}")
     return x
 
 
+def class_count(request: inference_pb2.ModelInferRequest, mv: ModelVersion) -> int:
+    """Top classes asked for through Triton's classification extension (the output parameter
+    "classification", what tritonclient's InferRequestedOutput(class_count=K) sends); 0 for logits."""
+    count = 0
+    for wanted in request.outputs:
+        if wanted.name != mv.output_name:
+            raise InvalidArgument(f"unknown output {wanted.name!r}; expected {mv.output_name!r}")
+        unknown = sorted(set(wanted.parameters) - {CLASSIFICATION})
+        if unknown:
+            raise InvalidArgument(f"output {wanted.name!r}: unsupported parameters {unknown}; expected only {CLASSIFICATION!r}")
+        if CLASSIFICATION in wanted.parameters:
+            param = wanted.parameters[CLASSIFICATION]
+            count = param.int64_param if param.WhichOneof("parameter_choice") == "int64_param" else -1
+            if not 1 <= count <= mv.num_classes:
+                raise InvalidArgument(
+                    f"output {wanted.name!r}: parameter {CLASSIFICATION!r} must be an int64 between 1 and {mv.num_classes}"
+                )
+    return count
+
+
 def encode_output(
-    request: inference_pb2.ModelInferRequest, mv: ModelVersion, logits: np.ndarray
+    request: inference_pb2.ModelInferRequest, mv: ModelVersion, logits: np.ndarray, top_k: int = 0
 ) -> inference_pb2.ModelInferResponse:
     response = inference_pb2.ModelInferResponse(model_name=mv.name, model_version=mv.version_str, id=request.id)
-    response.outputs.add(name=mv.output_name, datatype=DATATYPE, shape=logits.shape)
-    response.raw_output_contents.append(np.ascontiguousarray(logits, dtype="<f4").tobytes())
+    if top_k:
+        response.outputs.add(name=mv.output_name, datatype="BYTES", shape=[len(logits), top_k])
+        response.raw_output_contents.append(_classification_bytes(logits, top_k, mv.labels))
+    else:
+        response.outputs.add(name=mv.output_name, datatype=DATATYPE, shape=logits.shape)
+        response.raw_output_contents.append(np.ascontiguousarray(logits, dtype="<f4").tobytes())
     return response
+
+
+def _classification_bytes(logits: np.ndarray, top_k: int, labels: list[str]) -> bytes:
+    """Triton's classification output: per row the top_k "value:index:label" strings, highest
+    first, as a BYTES tensor (each element a 4-byte little-endian length, then the bytes)."""
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
+    parts = []
+    for row, indices in zip(logits, top):
+        for i in indices:
+            element = f"{row[i]:f}:{i}:{labels[i]}".encode()
+            parts += [struct.pack("<I", len(element)), element]
+    return b"".join(parts)

@@ -12,6 +12,9 @@ import threading
 import time
 import urllib.request
 import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -164,6 +167,33 @@ def test_tritonclient_live_ready_metadata(server, repository):
     }
 
 
+def test_tritonclient_classification_extension(server, repository, fashion):
+    """InferRequestedOutput(class_count=K): per image the K highest logits as Triton's
+    "value:index:label" BYTES strings, highest first."""
+    x = fashion["x"][:4]
+    client = tritonclient_grpc.InferenceServerClient(url=server.address)
+    assert "classification" in client.get_server_metadata().extensions
+    tensor = tritonclient_grpc.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    wanted = tritonclient_grpc.InferRequestedOutput("logits", class_count=3)
+    result = client.infer("lenet5", [tensor], model_version="1", outputs=[wanted])
+    top = result.as_numpy("logits")
+    assert top.shape == (4, 3)
+    expected = reference_logits(repository["v1"], x)
+    for row, logits in zip(top, expected):
+        parsed = [element.decode().split(":", 2) for element in row]
+        assert [int(index) for _, index, _ in parsed] == list(np.argsort(-logits)[:3])
+        assert [label for _, _, label in parsed] == [fashion["classes"][int(index)] for _, index, _ in parsed]
+        np.testing.assert_allclose([float(value) for value, _, _ in parsed], np.sort(logits)[::-1][:3], atol=1e-5)
+
+
+def test_model_config_shows_dynamic_batching_only_when_on(server):
+    client = tritonclient_grpc.InferenceServerClient(url=server.address)
+    assert client.get_model_config("lenet5-batched").config.HasField("dynamic_batching")
+    unbatched = client.get_model_config("lenet5").config  # max_queue_delay_us 0: every request its own run
+    assert unbatched.max_batch_size == 8 and not unbatched.HasField("dynamic_batching")
+
+
 @pytest.mark.parametrize("version, key", [("", "v2"), ("1", "v1"), ("2", "v2")])
 def test_tritonclient_infer_equals_onnxruntime(server, repository, fashion, version, key):
     x = fashion["x"][:5]
@@ -265,6 +295,16 @@ def _bad_requests(x: np.ndarray) -> list[tuple[str, inference_pb2.ModelInferRequ
     wrong_name = infer_request("lenet5", x)
     wrong_name.inputs[0].name = "pixels"
     cases.append(("input name", wrong_name, grpc.StatusCode.INVALID_ARGUMENT, "expected 'input'"))
+    both = infer_request("lenet5", x)
+    both.inputs[0].contents.fp32_contents.extend(x.ravel().tolist())
+    cases.append(("raw and typed", both, grpc.StatusCode.INVALID_ARGUMENT, "both raw_input_contents and contents"))
+    for count in (0, 11):
+        top = infer_request("lenet5", x)
+        top.outputs.add(name="logits").parameters["classification"].int64_param = count
+        cases.append((f"class_count {count}", top, grpc.StatusCode.INVALID_ARGUMENT, "between 1 and 10"))
+    unknown = infer_request("lenet5", x)
+    unknown.outputs.add(name="logits").parameters["binary_data"].bool_param = True
+    cases.append(("output parameter", unknown, grpc.StatusCode.INVALID_ARGUMENT, "unsupported parameters ['binary_data']"))
     return cases
 
 
@@ -297,6 +337,20 @@ def gif_bytes(image_chw: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def broken_png(image_chw: np.ndarray) -> bytes:
+    """A PNG whose image data continues in a chunk of a corrupt type: Pillow raises SyntaxError
+    while decoding it (not OSError), after the header read fine."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w = image_chw.shape[1:]
+    pixels = zlib.compress(b"".join(b"\x00" + row.tobytes() for row in image_chw[0]))
+    half = len(pixels) // 2
+    header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels[:half]) + chunk(b"ID\x01T", pixels[half:]) + chunk(b"IEND", b"")
+
+
 def test_classify_errors(classifier_stub, fashion):
     def images(*items) -> list:
         return [classifier_pb2.Image(**item) for item in items]
@@ -305,6 +359,7 @@ def test_classify_errors(classifier_stub, fashion):
     cases = [
         (images({"encoded": b"not an image"}), "expected PNG or JPEG"),
         (images({"encoded": gif_bytes(fashion["images"][0])}), "expected PNG or JPEG"),
+        (images({"encoded": broken_png(fashion["images"][0])}), "broken PNG file"),
         (images({"encoded": huge_png(13_000, 13_000)}), f"13000x13000 pixels exceed the server's limit of {DEFAULT_MAX_IMAGE_PIXELS}"),
         ([], "expected at least one"),
         (images({"tensor": classifier_pb2.FloatTensor(shape=[3, 28, 28], data=bytes(3 * 784 * 4))}), "expected [1, 28, 28]"),
@@ -516,10 +571,23 @@ def test_not_serving_while_loading(repository, monkeypatch):
         running.stop()
 
 
-def test_queue_full_is_resource_exhausted(repository, fashion, monkeypatch):
+@dataclass
+class HeldServer:
+    running: ServerThread
+    stub: inference_pb2_grpc.GRPCInferenceServiceStub
+    request: inference_pb2.ModelInferRequest
+    batcher: object
+    gate: Gate
+    blockers: list
+
+
+@contextmanager
+def held_server(repository, fashion, monkeypatch, **overrides):
+    """A server whose lenet5 v1 batcher (dynamic batching on) has every in-flight place taken by
+    a held batch, so the next request waits in the queue; the gate opens when the block ends."""
     settings = Settings(
         repository=repository["dir"], host="127.0.0.1", port=0, metrics_port=None, device="cpu",
-        max_queue=1, max_queue_delay_us=300_000, max_batch_size=64,
+        max_queue_delay_us=300_000, max_batch_size=64, **overrides,
     )
     with ServerThread(settings) as running, grpc.insecure_channel(running.address) as ch:
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(ch)
@@ -527,20 +595,57 @@ def test_queue_full_is_resource_exhausted(repository, fashion, monkeypatch):
         batcher = running.server.state.batchers[("lenet5", 1)]
         gate = Gate(batcher, monkeypatch)
         try:
-            futures = []
-            for i in range(batcher.max_in_flight):  # one at a time: two in one event-loop tick would fill the queue
-                futures.append(stub.ModelInfer.future(request, timeout=TIMEOUT))
+            blockers = []
+            for i in range(batcher.max_in_flight):  # one at a time: two in one event-loop tick would merge
+                blockers.append(stub.ModelInfer.future(request, timeout=TIMEOUT))
                 wait_until(lambda: running.server.state.inflight == i + 1, f"blocker {i + 1} in the server")
             wait_until(lambda: gate.held == batcher.slots, "every compute slot to hold a batch")
-            # As many batches as may be in flight are: the next request waits in the queue and fills it.
-            futures += [stub.ModelInfer.future(request, timeout=TIMEOUT) for _ in range(3)]
-            wait_until(lambda: any(f.done() for f in futures), "a request to be refused")
+            yield HeldServer(running, stub, request, batcher, gate, blockers)
         finally:
             gate.open.set()
+
+
+def test_queue_full_is_resource_exhausted(repository, fashion, monkeypatch):
+    with held_server(repository, fashion, monkeypatch, max_queue=1) as held:
+        # The next request waits in the queue and fills it.
+        futures = [held.stub.ModelInfer.future(held.request, timeout=TIMEOUT) for _ in range(3)]
+        wait_until(lambda: any(f.done() for f in futures), "a request to be refused")
+        held.gate.open.set()
+        futures += held.blockers
         codes = [grpc.StatusCode.OK if f.exception() is None else f.exception().code() for f in futures]
         assert grpc.StatusCode.OK in codes and grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
         assert all("queue full" in f.exception().details() for f in futures if f.exception() is not None)
-        assert stub.ModelInfer(request, timeout=TIMEOUT).outputs
+        assert held.stub.ModelInfer(held.request, timeout=TIMEOUT).outputs
+
+
+def test_expired_requests_leave_the_queue_at_once(repository, fashion, monkeypatch):
+    """A queued request whose deadline passes gives its place back before any batch frees one:
+    with max_queue 1, the next request is queued, not refused."""
+    with held_server(repository, fashion, monkeypatch, max_queue=1) as held:
+        with pytest.raises(grpc.RpcError) as info:
+            held.stub.ModelInfer(held.request, timeout=0.2)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_until(lambda: not held.batcher._pending, "the expired request to leave the queue")
+        queued = held.stub.ModelInfer.future(held.request, timeout=TIMEOUT)
+        wait_until(lambda: len(held.batcher._pending) == 1 or queued.done(), "the next request to be queued")
+        held.gate.open.set()
+        assert queued.result().outputs and all(b.result().outputs for b in held.blockers)
+
+
+def test_shutdown_fails_queued_requests_when_the_grace_ends(repository, fashion, monkeypatch):
+    """Requests still queued when the grace period ends get UNAVAILABLE (retry elsewhere) and
+    the stop returns, instead of waiting for the whole queue past the grace."""
+    with held_server(repository, fashion, monkeypatch) as held:
+        queued = []
+        for i in range(5):
+            queued.append(held.stub.ModelInfer.future(held.request, timeout=TIMEOUT))
+            wait_until(lambda: len(held.batcher._pending) == i + 1, f"request {i + 1} queued behind the held batches")
+        started = time.monotonic()
+        held.running.stop(grace_s=0.3)
+        took = time.monotonic() - started
+        errors = [f.exception() for f in queued]
+    assert took < 3.0, f"stop took {took:.1f} s with a grace of 0.3 s"
+    assert all(e is not None and e.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in e.details() for e in errors), errors
 
 
 def test_tls_and_token(repository, fashion, tmp_path):
@@ -691,6 +796,74 @@ def test_a_model_that_cannot_run_fails_at_startup(repository, tmp_path):
     settings = Settings(repository=tmp_path / "repo", host="127.0.0.1", port=0, metrics_port=None, device="cpu")
     with pytest.raises(StartupError, match="a warm-up batch of 1 fails in ONNX Runtime"):
         ServerThread(settings).start()
+
+
+def _copy_lenet5(repository: dict, target: Path, **config_fields) -> Path:
+    """lenet5 (versions 1 and 2) in a repository of its own, with config.pbtxt fields changed."""
+    shutil.copytree(repository["dir"] / "lenet5", target / "lenet5")
+    config = repo.read_config(target / "lenet5")
+    for field, value in config_fields.items():
+        if value is None:
+            config.ClearField(field)
+        else:
+            setattr(config, field, value)
+    return config
+
+
+def _write_config(model_dir: Path, config) -> None:
+    (model_dir / repo.CONFIG_NAME).write_text(repo.config_to_text(config))
+
+
+def _serve(repository: Path) -> ServerThread:
+    return ServerThread(Settings(repository=repository, host="127.0.0.1", port=0, metrics_port=None, device="cpu"))
+
+
+def test_version_policy_picks_the_served_versions(repository, fashion, tmp_path):
+    """As in Triton: no policy serves the latest version only, `specific` the listed ones (an
+    empty version then means the highest listed), a listed version that is missing stops the start."""
+    x = fashion["x"][:2]
+    config = _copy_lenet5(repository, tmp_path, version_policy=None)
+    _write_config(tmp_path / "lenet5", config)
+    with _serve(tmp_path) as running:
+        client = tritonclient_grpc.InferenceServerClient(url=running.address)
+        assert list(client.get_model_metadata("lenet5").versions) == ["2"]
+        assert not client.is_model_ready("lenet5", "1")
+    config.version_policy.specific.versions[:] = [1]
+    _write_config(tmp_path / "lenet5", config)
+    with _serve(tmp_path) as running, grpc.insecure_channel(running.address) as ch:
+        response = inference_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(infer_request("lenet5", x), timeout=TIMEOUT)
+        assert response.model_version == "1"
+        np.testing.assert_allclose(logits_of(response), reference_logits(repository["v1"], x), rtol=1e-5, atol=1e-6)
+    config.version_policy.specific.versions[:] = [1, 3]
+    _write_config(tmp_path / "lenet5", config)
+    with pytest.raises(StartupError, match=r"names versions \[3\] that the repository lacks"):
+        _serve(tmp_path).start()
+
+
+def test_a_fixed_batch_dimension_serves_only_unbatched(repository, fashion, tmp_path):
+    """A graph exported with its batch dimension fixed at 1 cannot take merged batches: with
+    max_batch_size 8 the start fails and says why; with 0 it serves one image per request and its
+    metadata shows the batch dimension 1."""
+    import onnx
+
+    config = _copy_lenet5(repository, tmp_path, max_batch_size=8)
+    shutil.rmtree(tmp_path / "lenet5" / "2")
+    path = tmp_path / "lenet5" / "1" / "model.onnx"
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, str(path))
+    _write_config(tmp_path / "lenet5", config)
+    with pytest.raises(StartupError, match="batch dimension is fixed at 1, so max_batch_size 8 cannot be served"):
+        _serve(tmp_path).start()
+    config.max_batch_size = 0
+    _write_config(tmp_path / "lenet5", config)
+    with _serve(tmp_path) as running:
+        client = tritonclient_grpc.InferenceServerClient(url=running.address)
+        assert list(client.get_model_metadata("lenet5").inputs[0].shape) == [1, 1, 28, 28]
+        x = fashion["x"][:1]
+        tensor = tritonclient_grpc.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        np.testing.assert_allclose(client.infer("lenet5", [tensor]).as_numpy("logits"), reference_logits(repository["v1"], x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.cuda
