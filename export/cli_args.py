@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 
 from edgecnn.export.verify import (
+    AUTO,
     DEFAULT_ATOL,
     DEFAULT_MAX_ACCURACY_DROP,
     DEFAULT_RTOL,
@@ -50,8 +51,9 @@ def add_verification_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--samples", type=int_at_least(0), default=DEFAULT_SAMPLES, metavar="N",
                        help=f"random inputs to compare (default {DEFAULT_SAMPLES})")
     group.add_argument("--test-images", type=int_at_least(-1, " (-1: the whole split, 0: none)"),
-                       default=DEFAULT_TEST_IMAGES, metavar="N",
-                       help=f"real test images to compare, -1 for the whole split (default {DEFAULT_TEST_IMAGES})")
+                       default=None, metavar="N",
+                       help=f"real test images to compare, -1 for the whole split (default: {DEFAULT_TEST_IMAGES} for FP32, "
+                            "the whole split for INT8/FP16, whose accuracy-drop gate needs it)")
     group.add_argument("--atol", type=non_negative_float, default=DEFAULT_ATOL,
                        help=f"FP32 logit tolerance (default {DEFAULT_ATOL:g})")
     group.add_argument("--rtol", type=non_negative_float, default=DEFAULT_RTOL,
@@ -67,7 +69,9 @@ def thresholds_from(args: argparse.Namespace) -> Thresholds:
     return Thresholds(atol=args.atol, rtol=args.rtol, max_accuracy_drop=args.max_accuracy_drop)
 
 
-def test_images_from(args: argparse.Namespace) -> int | None:
+def test_images_from(args: argparse.Namespace) -> int | None | str:
+    if args.test_images is None:
+        return AUTO
     return None if args.test_images == -1 else args.test_images
 
 

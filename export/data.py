@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.training.datasets import DatasetNotFoundError, load_split, search_places
+from edgecnn.training.datasets import DatasetNotFoundError, Split, load_split, normalize, search_places
 
 
 @dataclass(frozen=True)
@@ -27,16 +27,31 @@ class Images:
 
 
 def run_data_dir(run_dir: Path) -> str | None:
-    """The --data-dir a training run used (recorded in its metrics.json), if any."""
+    """The --data-dir a training run used (recorded in its metrics.json), if it still exists
+    (else None: the usual places are searched)."""
     metrics = Path(run_dir) / "metrics.json"
     if not metrics.is_file():
         return None
-    return (json.loads(metrics.read_text()).get("config") or {}).get("data_dir")
+    recorded = (json.loads(metrics.read_text()).get("config") or {}).get("data_dir")
+    return recorded if recorded and Path(recorded).is_dir() else None
 
 
 def random_inputs(count: int, input_shape: list[int] | tuple[int, ...], seed: int = 0) -> np.ndarray:
     """Standard-normal inputs: the range normalized images have."""
     return np.random.default_rng(seed).standard_normal((count, *input_shape), dtype=np.float32)
+
+
+def _load(dataset: str, split: str, input_shape: list[int] | tuple[int, ...], data_dir: str | Path | None) -> tuple[Split | None, str]:
+    try:
+        loaded = load_split(dataset, split, data_dir)
+    except DatasetNotFoundError:
+        places = ", ".join(str(p) for p in search_places(dataset, data_dir))
+        return None, f"dataset {dataset!r} not found (looked under {places}; pass --data-dir)"
+    if list(loaded.images.shape[1:]) != list(input_shape):
+        raise ValueError(
+            f"{dataset} {split} images are {list(loaded.images.shape[1:])} but the model expects {list(input_shape)}"
+        )
+    return loaded, ""
 
 
 def dataset_images(
@@ -47,16 +62,24 @@ def dataset_images(
     data_dir: str | Path | None = None,
 ) -> tuple[Images | None, str]:
     """The first count images of a split (all when count is None), or None and why not."""
-    try:
-        loaded = load_split(dataset, split, data_dir)
-    except DatasetNotFoundError:
-        places = ", ".join(str(p) for p in search_places(dataset, data_dir))
-        return None, f"dataset {dataset!r} not found (looked under {places}; pass --data-dir)"
-    if list(loaded.images.shape[1:]) != list(input_shape):
-        raise ValueError(
-            f"{dataset} {split} images are {list(loaded.images.shape[1:])} but the model expects {list(input_shape)}"
-        )
+    loaded, why = _load(dataset, split, input_shape, data_dir)
+    if loaded is None:
+        return None, why
     total = len(loaded)
     n = total if count is None else min(count, total)
     source = f"{dataset} {split} split, first {n} of {total} images"
     return Images(loaded.normalized(0, n), loaded.labels[:n], source), source
+
+
+def dataset_sample(
+    dataset: str, split: str, count: int, input_shape: list[int] | tuple[int, ...], data_dir: str | Path | None, seed: int = 0
+) -> tuple[Images | None, str]:
+    """count images of a split drawn at random (seeded), or None and why not; only those are
+    normalized (all of CIFAR-10's training split in float32 would be 600 MB)."""
+    loaded, why = _load(dataset, split, input_shape, data_dir)
+    if loaded is None:
+        return None, why
+    pick = np.sort(np.random.default_rng(seed).choice(len(loaded), size=min(count, len(loaded)), replace=False))
+    source = f"{len(pick)} random images of the {dataset} {split} split (seed {seed})"
+    x = normalize(loaded.images[pick], loaded.mean, loaded.std)
+    return Images(x, loaded.labels[pick], source), source

@@ -24,13 +24,13 @@ import torch
 from torch import nn
 
 from edgecnn.export.checks import check_onnx
-from edgecnn.export.data import dataset_images, random_inputs, run_data_dir
+from edgecnn.export.data import dataset_sample, random_inputs, run_data_dir
 from edgecnn.export.metadata import CALIBRATION_KEY, build_metadata, set_metadata
 from edgecnn.export.quantize import QUANTIZATIONS, convert_fp16, quantize_int8
 from edgecnn.export.source import load_source
 from edgecnn.export.verify import (
+    AUTO,
     DEFAULT_SAMPLES,
-    DEFAULT_TEST_IMAGES,
     Thresholds,
     format_report,
     verify_onnx,
@@ -100,7 +100,11 @@ def to_onnx(
             f"torch.onnx could not convert {type(model).__name__} for input [batch, "
             f"{', '.join(map(str, input_shape))}]: {type(exc).__name__}: {_exporter_summary(exc)}"
         ) from exc
-    return program.model_proto
+    proto = program.model_proto
+    produced = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if produced != opset:  # torch.onnx keeps its own opset when it cannot convert to the one asked for
+        raise ExportError(f"asked for opset {opset}, but torch.onnx produced opset {produced}; pass an opset it supports (e.g. {produced})")
+    return proto
 
 
 def _exporter_summary(exc: Exception) -> str:
@@ -118,7 +122,7 @@ def _checkpoint_path(run_dir: Path) -> Path:
 def _calibration_images(
     dataset: str, input_shape: list[int], count: int, data_dir: str | None, allow_random: bool = False
 ) -> tuple[np.ndarray, str]:
-    images, why = dataset_images(dataset, "train", None, input_shape, data_dir)
+    images, why = dataset_sample(dataset, "train", count, input_shape, data_dir)
     if images is None:
         if not allow_random:
             raise ExportError(
@@ -129,8 +133,7 @@ def _calibration_images(
         return random_inputs(count, input_shape, seed=1), (
             f"{count} standard-normal random inputs (--calibrate-on-random; {why})"
         )
-    pick = np.sort(np.random.default_rng(0).choice(len(images.x), size=min(count, len(images.x)), replace=False))
-    return images.x[pick], f"{len(pick)} random images of the {dataset} train split (seed 0)"
+    return images.x, images.source
 
 
 def build_variant(
@@ -209,7 +212,7 @@ def export_run(
     verify: bool = True,
     data_dir: str | Path | None = None,
     samples: int = DEFAULT_SAMPLES,
-    test_images: int | None = DEFAULT_TEST_IMAGES,
+    test_images: int | None | str = AUTO,
     thresholds: Thresholds = Thresholds(),
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     max_batch_size: int | None = None,

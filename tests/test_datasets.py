@@ -7,12 +7,14 @@ from edgecnn.training import datasets
 from edgecnn.training.datasets import (
     CIFAR10_CLASSES,
     FASHION_CLASSES,
+    FIRST_TEST_LABELS,
+    DatasetFileError,
     DatasetNotFoundError,
     load_split,
     locate,
     read_idx,
 )
-from tests.datafiles import write_idx
+from tests.datafiles import write_idx, write_idx_dataset
 
 
 def test_idx_reader_roundtrip(tmp_path):
@@ -75,11 +77,64 @@ def test_missing_data_names_every_place_and_how_to_get_it(tmp_path, monkeypatch)
     monkeypatch.setenv("EDGECNN_DATA", str(tmp_path / "env"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     with pytest.raises(DatasetNotFoundError) as info:
-        load_split("mnist", "train", data_dir=tmp_path / "mine")
+        load_split("mnist", "train")
     message = str(info.value)
-    for place in (tmp_path / "mine", tmp_path / "env", tmp_path / "system/mnist", tmp_path / "home/.cache/edgecnn/mnist"):
+    for place in (tmp_path / "env", tmp_path / "system/mnist", tmp_path / "home/.cache/edgecnn/mnist"):
         assert str(place) in message
     assert "--download" in message and "apt-get install dataset-mnist" in message
+
+
+def test_an_explicit_data_dir_is_the_only_place_searched(tmp_path, monkeypatch, tiny_mnist_dir):
+    """A --data-dir typo fails, naming it, instead of silently reading another copy."""
+    monkeypatch.setenv("EDGECNN_DATA", str(tiny_mnist_dir))
+    assert load_split("mnist", "test").images.shape[0] == 128
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_split("mnist", "test", data_dir=tmp_path / "typo")
+    assert str(tmp_path / "typo") in str(info.value) and str(tiny_mnist_dir) not in str(info.value)
+
+
+def _copy(folder, target):
+    target.mkdir(parents=True)
+    for f in folder.iterdir():
+        (target / f.name).write_bytes(f.read_bytes())
+    return target
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (lambda data: data[: len(data) // 2], "corrupt or truncated"),  # a cut-off download
+        (lambda data: b"not gzip at all", "corrupt or truncated"),
+        (lambda data: gzip.compress(gzip.decompress(data)[:6]), "header of 1 dimensions is cut off"),
+        (lambda data: gzip.compress(gzip.decompress(data)[:8] + bytes([42]) * (len(gzip.decompress(data)) - 8)), "labels range 42..42"),
+    ],
+)
+def test_damaged_idx_files_name_the_file(tmp_path, tiny_mnist_dir, damage, expected):
+    folder = _copy(tiny_mnist_dir, tmp_path / "data")
+    labels = folder / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(damage(labels.read_bytes()))
+    with pytest.raises(DatasetFileError, match=expected) as info:
+        load_split("mnist", "test", data_dir=folder)
+    assert "t10k-labels" in str(info.value) or str(folder) in str(info.value)
+
+
+def test_damaged_cifar_batch_names_the_file(tmp_path, tiny_cifar_dir):
+    root = tmp_path / "root"
+    _copy(tiny_cifar_dir / "cifar-10-batches-py", root / "cifar-10-batches-py")
+    batch = root / "cifar-10-batches-py" / "test_batch"
+    batch.write_bytes(batch.read_bytes()[:1000])
+    with pytest.raises(DatasetFileError, match="test_batch: not a CIFAR-10 python batch"):
+        load_split("cifar10", "test", data_dir=root)
+
+
+def test_fashion_mnist_files_are_not_read_as_mnist(tmp_path):
+    """The two datasets' idx files share names: the real files tell themselves apart by their first test labels."""
+    folder = write_idx_dataset(tmp_path / "fashion", n_test=16)
+    labels = np.array(FIRST_TEST_LABELS["fashion-mnist"] + [0] * 6, dtype=np.uint8)
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", labels)
+    assert load_split("fashion-mnist", "test", data_dir=folder).labels[:10].tolist() == FIRST_TEST_LABELS["fashion-mnist"]
+    with pytest.raises(DatasetFileError, match="holds fashion-mnist, not mnist"):
+        load_split("mnist", "test", data_dir=folder)
 
 
 def test_real_fashion_mnist(fashion_mnist_dir):

@@ -190,6 +190,9 @@ def test_cli_export_with_name_version_opset_and_no_verify(lenet_run, tmp_path, c
 def test_bad_arguments_are_refused_clearly(lenet_run, tmp_path, capsys):
     with pytest.raises(ValueError, match="opset must be >= 17"):
         export_run(lenet_run, tmp_path / "r", opset=16)
+    with pytest.raises(ExportError, match="asked for opset 30, but torch.onnx produced opset"):
+        export_run(lenet_run, tmp_path / "r", opset=30, verify=False)
+    assert not (tmp_path / "r").exists()
     with pytest.raises(ExportError, match="model name"):
         export_run(lenet_run, tmp_path / "r", name="../escape")
     with pytest.raises(ValueError, match="max_batch_size must be >= 1"):

@@ -74,8 +74,31 @@ def test_threads_flag_sets_torch_threads(tmp_path, tiny_mnist_dir, capsys):
         assert metrics["threads"] == 1 and metrics["config"]["threads"] == 1
     finally:
         torch.set_num_threads(before)
-    assert main(["train", "lenet5", "--threads", "-1", "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
-    assert "--threads must be >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--threads", "-1"), ("--lr", "nan"), ("--lr", "0"), ("--weight-decay", "-1"), ("--label-smoothing", "1"),
+     ("--crop-padding", "-3"), ("--width-mult", "0"), ("--epochs", "0")],
+)  # fmt: skip
+def test_out_of_range_numbers_are_refused_before_training(tmp_path, capsys, flag, value):
+    assert main(["train", "lenet5", flag, value, "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"out of range: {flag} {value}" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_corrupt_dataset_file_is_a_clear_cli_error(tmp_path, tiny_mnist_dir, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in tiny_mnist_dir.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    labels = broken / "train-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:40])  # a cut-off download
+    code = main(["train", "lenet5", "--data-dir", str(broken), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "train-labels-idx1-ubyte.gz: corrupt or truncated" in err and "Traceback" not in err
 
 
 def test_missing_data_is_a_clear_cli_error(tmp_path, capsys, monkeypatch):

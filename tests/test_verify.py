@@ -184,3 +184,18 @@ def test_compare_and_breaches_name_the_worst_sample():
     got[1, 0] = expected[1, 0]
     loose = compare("test", "unit", expected, got, labels, Thresholds(atol=0.0, rtol=1e-4))
     assert loose.within_tolerance and loose.worst_sample == 2
+
+
+def test_a_drop_of_exactly_the_limit_passes_the_gate():
+    """921 vs 911 right of 1000 is a drop of exactly 1 point: within --max-accuracy-drop 1
+    (as fractions it came out as 1.0000000000000009 and was refused)."""
+    labels = np.zeros(1000, dtype=np.int64)
+    expected = np.zeros((1000, 2), np.float32)
+    expected[:921, 0] = 1.0
+    expected[921:, 1] = 1.0
+    got = expected.copy()
+    got[911:921] = [0.0, 1.0]  # ten images fewer right
+    c = compare("test", "unit", expected, got, labels, Thresholds())
+    assert (c.torch_accuracy, c.onnx_accuracy, c.accuracy_drop_points) == (0.921, 0.911, 1.0)
+    assert find_breaches(c, "int8", Thresholds(max_accuracy_drop=1.0), True, ["a", "b"], labels) == []
+    assert find_breaches(c, "int8", Thresholds(max_accuracy_drop=0.9), True, ["a", "b"], labels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from edgecnn.training.datasets import DATASETS, DatasetNotFoundError
@@ -34,11 +35,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _bad_number(args: argparse.Namespace) -> str | None:
+    """What is wrong with the numeric flags, if anything (NaN fails every check)."""
+    checks = [
+        ("--epochs", args.epochs, args.epochs >= 1),
+        ("--batch-size", args.batch_size, args.batch_size >= 1),
+        ("--limit", args.limit, args.limit is None or args.limit >= 1),
+        ("--lr", args.lr, math.isfinite(args.lr) and args.lr > 0),
+        ("--weight-decay", args.weight_decay, math.isfinite(args.weight_decay) and args.weight_decay >= 0),
+        ("--label-smoothing", args.label_smoothing, 0 <= args.label_smoothing < 1),
+        ("--threads", args.threads, args.threads >= 0),
+        ("--crop-padding", args.crop_padding, args.crop_padding is None or args.crop_padding >= 0),
+        ("--width-mult", args.width_mult, args.width_mult is None or (math.isfinite(args.width_mult) and args.width_mult > 0)),
+    ]
+    bad = [f"{flag} {value}" for flag, value, ok in checks if not ok]
+    if not bad:
+        return None
+    return f"out of range: {', '.join(bad)} (epochs, batch size, limit >= 1; lr, width-mult > 0; weight decay, threads, crop padding >= 0; label smoothing in [0, 1))"
+
+
 def run(args: argparse.Namespace) -> int:
     from edgecnn.training.train import TrainConfig, train
 
-    if args.epochs < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
-        print("edgecnn train: --epochs, --batch-size and --limit must be positive", file=sys.stderr)
+    problem = _bad_number(args)
+    if problem:
+        print(f"edgecnn train: {problem}", file=sys.stderr)
         return 2
     cfg = TrainConfig(
         model=args.model,

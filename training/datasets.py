@@ -3,7 +3,8 @@
 - mnist, fashion-mnist: the four idx files, gzipped or not.
 - cifar10: the python pickled batches (``cifar-10-batches-py``).
 
-Each dataset is looked for in, in order: ``--data-dir``, ``$EDGECNN_DATA``,
+Each dataset is looked for in ``--data-dir`` when one is given (only there: a typo must not
+silently fall back to other files), else in, in order: ``$EDGECNN_DATA``,
 ``/usr/share/datasets/<name>`` (Debian's dataset packages) and ``~/.cache/edgecnn/<name>``.
 Within a place, the files may lie directly in it, in ``<place>/<name>/`` or in torchvision's
 layout (``<place>/FashionMNIST/raw``, ``<place>/MNIST/raw``, ``<place>/cifar-10-batches-py``).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +72,15 @@ class DatasetNotFoundError(FileNotFoundError):
     pass
 
 
+class DatasetFileError(ValueError):
+    """A dataset file is there but unreadable (truncated, corrupt, or another dataset's)."""
+
+
+# The first test labels of the real MNIST and Fashion-MNIST: their idx files share names, and a
+# folder of one must not be read as the other.
+FIRST_TEST_LABELS = {"mnist": [7, 2, 1, 0, 4, 1, 4, 9, 5, 9], "fashion-mnist": [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]}
+
+
 @dataclass
 class Split:
     """One split held in memory: uint8 images (N, C, H, W) and int64 labels (N,)."""
@@ -105,9 +116,9 @@ def get_info(name: str) -> DatasetInfo:
 
 
 def search_places(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
-    places: list[Path] = []
     if data_dir:
-        places.append(Path(data_dir))
+        return [Path(data_dir)]
+    places: list[Path] = []
     if os.environ.get("EDGECNN_DATA"):
         places.append(Path(os.environ["EDGECNN_DATA"]))
     places.append(SYSTEM_DATA_ROOT / name)
@@ -169,31 +180,59 @@ def _open(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
+_REDOWNLOAD = "corrupt or truncated; delete it and fetch it again (--download, or reinstall the package)"
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Read an idx file (the MNIST format): big-endian magic, dims, then unsigned bytes."""
-    with _open(path) as f:
-        data = f.read()
+    try:
+        with _open(path) as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise DatasetFileError(f"{path}: {_REDOWNLOAD} ({type(exc).__name__}: {exc})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path}: not an idx file (bad magic)")
+        raise DatasetFileError(f"{path}: not an idx file (bad magic)")
     if data[2] != 0x08:
-        raise ValueError(f"{path}: idx type 0x{data[2]:02x} unsupported (expected unsigned byte 0x08)")
+        raise DatasetFileError(f"{path}: idx type 0x{data[2]:02x} unsupported (expected unsigned byte 0x08)")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DatasetFileError(f"{path}: {_REDOWNLOAD} (the header of {ndim} dimensions is cut off)")
     dims = np.frombuffer(data, dtype=">u4", count=ndim, offset=4).astype(np.int64)
     offset = 4 + 4 * ndim
     expected = int(np.prod(dims))
     if len(data) - offset != expected:
-        raise ValueError(f"{path}: header says {expected} bytes of data, file has {len(data) - offset}")
+        raise DatasetFileError(f"{path}: header says {expected} bytes of data, file has {len(data) - offset}; {_REDOWNLOAD}")
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(tuple(dims))
 
 
 def _read_cifar_batches(folder: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     for fname in files:
-        with open(folder / fname, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        path = folder / fname
+        try:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch[b"labels"], dtype=np.int64).reshape(-1))
+        except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, IndexError) as exc:
+            raise DatasetFileError(
+                f"{path}: not a CIFAR-10 python batch (a dict with b'data' N x 3072 bytes and b'labels'); "
+                f"{_REDOWNLOAD} ({type(exc).__name__}: {exc})"
+            ) from None
     return np.concatenate(images), np.concatenate(labels)
+
+
+def _check_labels(name: str, split: str, folder: Path, labels: np.ndarray, classes: list[str]) -> None:
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise DatasetFileError(
+            f"{name}/{split} in {folder}: labels range {labels.min()}..{labels.max()}, expected 0..{len(classes) - 1}; {_REDOWNLOAD}"
+        )
+    if split == "test":
+        for other, first in FIRST_TEST_LABELS.items():
+            if other != name and labels[: len(first)].tolist() == first:
+                raise DatasetFileError(
+                    f"{folder} holds {other}, not {name} (the idx files share names); point --data-dir at the {name} files"
+                )
 
 
 def load_split(
@@ -220,13 +259,14 @@ def load_split(
         images = read_idx(_find_file(folder, image_stem))
         labels = read_idx(_find_file(folder, label_stem)).astype(np.int64)
         if images.ndim != 3 or labels.ndim != 1:
-            raise ValueError(
+            raise DatasetFileError(
                 f"{name}/{split} in {folder}: expected images (N, H, W) and labels (N,), "
                 f"got {images.shape} and {labels.shape} (are the image and label files swapped?)"
             )
         images = images[:, None, :, :]
     if len(images) != len(labels):
-        raise ValueError(f"{name}/{split} in {folder}: {len(images)} images but {len(labels)} labels")
+        raise DatasetFileError(f"{name}/{split} in {folder}: {len(images)} images but {len(labels)} labels")
+    _check_labels(name, split, folder, labels, info.classes)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     # A copy: frombuffer arrays are read-only, and torch wants writable memory.
