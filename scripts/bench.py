@@ -38,6 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without an install too
 
+from edgecnn.loadtest.cmd_loadtest import positive_ints  # noqa: E402
 from edgecnn.loadtest.stats import new_histogram, pool_steps, record_seconds  # noqa: E402
 from edgecnn.server.child import ChildProcess  # noqa: E402
 from edgecnn.server.cmd_serve import READY_LINE  # noqa: E402
@@ -447,13 +448,18 @@ def write_plot(results: dict, path: Path) -> bool:
 # --- main ----------------------------------------------------------------------------------------
 
 
+def _concurrency(text: str) -> str:
+    """Checked by the load test's own parser, before anything runs; kept as text for its command line."""
+    return ",".join(map(str, positive_ints(text)))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one round of 1 s steps, 0.5 s warm-up")
     parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds per server, pooled")
     parser.add_argument("--duration", type=float, default=2.0, help="measured seconds per step and round")
     parser.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per step")
-    parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--concurrency", type=_concurrency, default="1,4,16,64", help="the load test's sweep")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
     parser.add_argument("--devices", help="comma-separated: cpu, cuda (default: cpu, and cuda where a GPU is usable)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for every server")
@@ -514,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         "onnxruntime": {},
         "servers": {},
     }
+    saved = args.workdir / "results.json"
     models = prepare_models(args.workdir, args.models.split(","), log)
     for model in models:
         results["models"].append({"name": model.name, "params": model.params, "input_shape": list(model.input_shape),
@@ -525,10 +532,18 @@ def main(argv: list[str] | None = None) -> int:
             results["onnxruntime"][model.name + suffix] = bench_onnxruntime(model, args.threads, args.duration, callers, device)
             for kind, report in measure_servers(model, device, args, log).items():
                 results["servers"][model.name][kind + suffix] = report
-    results["wall_s"] = time.monotonic() - started
-    (args.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")  # before anything can fail
+            results["wall_s"] = time.monotonic() - started
+            write_json(results, saved)  # after every leg: a later leg's failure keeps what was measured
+            log(f"{model.name} ({device}) saved in {saved}")
     write_report(results, args.out, log)
     return 0
+
+
+def write_json(results: dict, path: Path) -> None:
+    """Whole or not at all: a crash while writing leaves the previous file."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(temporary, path)
 
 
 def write_report(results: dict, out: Path, log) -> None:
@@ -536,7 +551,7 @@ def write_report(results: dict, out: Path, log) -> None:
     results["targets"] = targets(results)
     out.parent.mkdir(parents=True, exist_ok=True)
     data = out.with_suffix(".json")
-    data.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(results, data)
     plot = out.with_suffix(".png")
     write_markdown(results, out, plot.name if write_plot(results, plot) else None)
     for goal, measured, met in results["targets"]:

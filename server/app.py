@@ -40,6 +40,7 @@ from .state import ServerState
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+SETTLE_S = 0.1  # after the grace: time for failed requests to send their status
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -157,6 +158,10 @@ class InferenceServer:
             log.warning("grace period over with %d requests still in flight", self.state.inflight)
         for batcher in self.state.batchers.values():
             await batcher.stop(deadline)
+        # The requests a batcher just failed answer UNAVAILABLE before their streams are closed.
+        settle = time.monotonic() + SETTLE_S
+        while self.state.inflight > 0 and time.monotonic() < max(deadline, settle):
+            await asyncio.sleep(0.005)
         await self._close(max(0.0, deadline - time.monotonic()))
 
     async def _close(self, grace: float = 0.0) -> None:

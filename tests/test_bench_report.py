@@ -135,3 +135,33 @@ def test_render_rewrites_the_report_keeps_the_notes_and_reads_older_results(benc
     assert json.loads(saved.read_text())["notes"] == ["measured before the fix"], "the notes are kept for the next render"
     assert bench.main(["--render", str(saved)]) == 0
     assert "**Note:** measured before the fix" in (tmp_path / "gpu-run.md").read_text()
+
+
+def test_a_bad_concurrency_is_refused_before_anything_runs(bench, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--concurrency", "0,4"])
+    assert exit_info.value.code == 2 and "'0,4': expected positive integers" in capsys.readouterr().err
+    assert bench.parse_args(["--concurrency", "1, 4", "--devices", "cpu"]).concurrency == "1,4"
+
+
+def test_results_are_saved_after_every_finished_leg(bench, tmp_path, monkeypatch):
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"onnx")
+    models = [bench.BenchModel(name, tmp_path, onnx, 1000, (3, 32, 32), "fixed seed") for name in ("lenet5", "cifar-cnn")]
+
+    def measure_servers(model, device, args, log):
+        if model.name == "cifar-cnn":
+            raise RuntimeError("edgecnn loadtest failed")
+        return servers(1.0, 1.0, 1.0)
+
+    monkeypatch.setattr(bench, "prepare_models", lambda workdir, names, log: models)
+    monkeypatch.setattr(bench, "machine", dict)
+    monkeypatch.setattr(bench, "cuda_usable", lambda: False)
+    monkeypatch.setattr(bench, "bench_onnxruntime", lambda *args: {"batch1_req_per_s": 300.0})
+    monkeypatch.setattr(bench, "measure_servers", measure_servers)
+    workdir = tmp_path / "work"
+    with pytest.raises(RuntimeError, match="loadtest failed"):
+        bench.main(["--models", "lenet5,cifar-cnn", "--devices", "cpu", "--workdir", str(workdir), "--out", str(tmp_path / "b.md")])
+    saved = json.loads((workdir / "results.json").read_text())
+    assert list(saved["servers"]) == ["lenet5"] and set(saved["servers"]["lenet5"]) == set(bench.SERVERS)
+    assert [p.name for p in workdir.iterdir()] == ["results.json"]  # no temporary file left behind

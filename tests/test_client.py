@@ -150,6 +150,14 @@ def test_read_image_files(image_files, tmp_path):
             read_image_file(path)
 
 
+def test_an_npz_archive_named_npy_is_refused(tmp_path):
+    path = tmp_path / "archive.npy"
+    with open(path, "wb") as f:  # np.savez(path) would add .npz to the name
+        np.savez(f, x=np.zeros((1, 28, 28), np.float32))
+    with pytest.raises(InputFileError, match=r"archive.npy: an .npz archive; expected a .npy file"):
+        read_image_file(path)
+
+
 def test_cli_prints_a_table(served_address, image_files, served_repository, fashion, capsys):
     files = [image_files["png0"], image_files["png1"], image_files["chw"], image_files["nchw"]]
     assert main(["classify", "--server", served_address, "--model", MODEL, "--top-k", "2", *map(str, files)]) == 0

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
+import math
 import shutil
 import sys
 
 import pytest
 
 from edgecnn.cli import main
+from edgecnn.loadtest import runner
+from edgecnn.loadtest.calls import Recorder
+from edgecnn.loadtest.openloop import open_loop
 from edgecnn.loadtest.plot import PlotUnavailable, plot_latency
-from edgecnn.loadtest.runner import Plan, split
+from edgecnn.loadtest.runner import Plan, shares, split, split_in_proportion
 from edgecnn.loadtest.stats import StepResult, WorkerResult, new_histogram, pool_steps
+from edgecnn.loadtest.worker import WorkerSpec, measure
 from edgecnn.loadtest.workload import Target
 from tests.conftest_server import self_signed_cert
 from tests.servers import MODEL, TOKEN, running_server
 
 LATENCY_KEYS = {"p50", "p90", "p95", "p99", "p99.9", "max", "mean", "min"}
 STEP_KEYS = {
-    "mode", "concurrency", "rate", "requests", "ok", "errors", "duration_s", "req_per_s", "images_per_s",
-    "latency_ms", "client_cpu", "client_saturated", "histogram",
+    "mode", "concurrency", "rate", "batch_size", "requests", "ok", "errors", "window_ok", "duration_s", "req_per_s",
+    "images_per_s", "latency_ms", "client_cpu", "client_saturated", "histogram",
 }  # fmt: skip
 
 
@@ -43,7 +49,8 @@ def test_closed_loop_sweep_over_two_processes(served_address, tmp_path, capsys):
     for step in report["steps"]:
         assert STEP_KEYS <= step.keys() and set(step["latency_ms"]) == LATENCY_KEYS
         assert step["errors"] == {} and step["requests"] == step["ok"] > 10
-        assert step["req_per_s"] == pytest.approx(step["ok"] / step["duration_s"], rel=0.01)
+        assert step["req_per_s"] == pytest.approx(step["window_ok"] / step["duration_s"], rel=0.01)
+        assert step["duration_s"] == pytest.approx(1.0) and step["batch_size"] == 2
         assert step["images_per_s"] == pytest.approx(2 * step["req_per_s"], rel=0.01)
         latency = step["latency_ms"]
         assert 0 < latency["min"] <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
@@ -120,6 +127,15 @@ def test_unknown_model_with_shape_counts_not_found(served_address, tmp_path, cap
     [
         (["--concurrency", "0,4"], "positive integers"),
         (["--input-shape", "1,28"], "expected C,H,W"),
+        (["--rate", "nan"], "'nan': expected a positive number of requests per second"),
+        (["--rate", "inf"], "'inf': expected a positive number"),
+        (["--rate", "fast"], "'fast': expected a positive number"),
+        (["--duration", "nan"], "'nan': expected a positive number of seconds"),
+        (["--duration", "0"], "'0': expected a positive number of seconds"),
+        (["--warmup", "nan"], "'nan': expected a number of seconds >= 0"),
+        (["--warmup", "-1"], "'-1': expected a number of seconds >= 0"),
+        (["--timeout", "nan"], "'nan': expected a positive number of seconds"),
+        (["--timeout", "inf"], "'inf': expected a positive number of seconds"),
     ],
 )
 def test_bad_arguments_exit_2(argv, message, capsys):
@@ -137,13 +153,161 @@ def test_plan_validation():
     with pytest.raises(ValueError, match="api 'grpc'"):
         Target("127.0.0.1:1", MODEL, api="grpc")
     assert split(5, 2) == [3, 2] and split(1, 4) == [1] and split(64, 2) == [32, 32]
+    assert split_in_proportion(10, [2, 1]) == [7, 3] and split_in_proportion(5, [1, 1, 1]) == [2, 2, 1]
 
 
-def _worker(latencies_us: list[int], errors: dict[str, int], cpu_s: float, elapsed_s: float = 2.0) -> WorkerResult:
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"rate": math.nan}, "rate nan"),
+        ({"rate": math.inf}, "rate inf"),
+        ({"duration_s": math.nan}, "duration nan"),
+        ({"duration_s": math.inf}, "duration inf"),
+        ({"warmup_s": math.nan}, "warmup nan"),
+        ({"warmup_s": math.inf}, "warmup inf"),
+    ],
+)
+def test_plan_refuses_nan_and_infinity(settings, message):
+    with pytest.raises(ValueError, match=message):
+        Plan(Target("127.0.0.1:1", MODEL), [b""], 1, **settings)
+
+
+def test_open_loop_refuses_an_infinite_rate():
+    recorder = Recorder(0.0, 1.0, lambda done, failed: None)
+    with pytest.raises(ValueError, match="rate inf"):
+        asyncio.run(open_loop(None, [b""], math.inf, 0.0, recorder, None, 1.0, (), 0))
+
+
+def _plan(**settings) -> Plan:
+    return Plan(Target("127.0.0.1:1", MODEL), [b""], 1, **settings)
+
+
+def test_open_loop_rate_is_shared_by_the_processes_that_send():
+    specs = shares(_plan(rate=100.0, requests=2, duration_s=None, processes=4), None, 0.0)
+    assert [spec.requests for spec in specs] == [1, 1]
+    assert sum(spec.rate for spec in specs) == pytest.approx(100.0)
+
+
+def test_closed_loop_requests_follow_each_process_workers():
+    specs = shares(_plan(concurrency=(3,), requests=9, duration_s=None, processes=2), 3, 0.0)
+    assert [(spec.concurrency, spec.requests) for spec in specs] == [(2, 6), (1, 3)]
+
+
+def test_fewer_requests_than_workers_is_refused(capsys):
+    with pytest.raises(ValueError, match="--requests 3 is below the concurrency 4"):
+        _plan(concurrency=(1, 4), requests=3, duration_s=None)
+    assert main([*OFFLINE, "--concurrency", "4", "--requests", "2"]) == 2
+    assert "--requests 2 is below the concurrency 4" in capsys.readouterr().err
+
+
+def test_closed_loop_req_per_s_counts_the_completions_inside_the_window():
+    latency_s, concurrency, duration_s = 0.05, 4, 0.3
+
+    async def call(payload, timeout, metadata):
+        await asyncio.sleep(latency_s)
+
+    # The warm-up ends halfway through a call: the first measured requests start half a call
+    # late and the last ones end half a call after the window; neither half is idle time.
+    spec = WorkerSpec(
+        target=Target("127.0.0.1:1", MODEL), payloads=[b""], mode="closed", concurrency=concurrency, rate=0.0,
+        warmup_s=latency_s / 2, duration_s=duration_s, requests=None, start_at=0.0, seed=0,
+    )  # fmt: skip
+    result = asyncio.run(measure(spec, call, lambda done, failed: None))
+    step = StepResult("closed", concurrency, None, 2, [result]).to_dict()
+    assert step["duration_s"] == pytest.approx(duration_s)
+    assert step["req_per_s"] == pytest.approx(concurrency / latency_s, rel=0.03), step
+    assert step["images_per_s"] == pytest.approx(2 * step["req_per_s"])
+    assert step["ok"] == step["requests"] > 0
+
+
+# Every step answered by a fake runner._run_step: no server, no network.
+OFFLINE = ["loadtest", "--model", MODEL, "--server", "127.0.0.1:1", "--input-shape", "1,28,28", "--quiet"]
+
+
+def answer_steps(monkeypatch, *answers) -> None:
+    """runner._run_step answering each step with the next answer: an exception it raises, or a worker result."""
+    pending = iter(answers)
+
+    def run_step(specs, slots, pool):
+        answer = next(pending)
+        if isinstance(answer, BaseException):
+            raise answer
+        return [answer]
+
+    monkeypatch.setattr(runner, "_run_step", run_step)
+
+
+@pytest.mark.parametrize(
+    "option, name, message",
+    [
+        ("--out", "missing/r.json", "--out {path}: no folder"),
+        ("--csv", "missing/r.csv", "--csv {path}: no folder"),
+        ("--plot", "missing/p.png", "--plot {path}: no folder"),
+        ("--plot", "latency.xyz", "--plot {path}: the plot's file name must end in one of"),
+        ("--plot", "latency", "--plot {path}: the plot's file name must end in one of"),
+        ("--out", ".", "--out {path}: a folder"),
+    ],
+)
+def test_outputs_are_checked_before_the_run(monkeypatch, tmp_path, capsys, option, name, message):
+    answer_steps(monkeypatch)  # a step run would fail: nothing may run
+    path = tmp_path / name
+    assert main([*OFFLINE, option, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message.format(path=path) in err and len(err.splitlines()) == 1
+
+
+def test_an_output_that_cannot_be_written_does_not_stop_the_others(monkeypatch, tmp_path, capsys):
+    from edgecnn.loadtest import cmd_loadtest
+
+    def refuse(report, path):
+        raise PermissionError(13, "Permission denied")
+
+    answer_steps(monkeypatch, _worker([1000] * 10, {}, 0.1))
+    monkeypatch.setattr(cmd_loadtest, "write_json", refuse)
+    out, csv_path, plot_path = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "p.svg"
+    code = main([*OFFLINE, "--concurrency", "1", "--out", str(out), "--csv", str(csv_path), "--plot", str(plot_path)])
+    assert code == 1
+    assert f"cannot write {out}: Permission denied" in capsys.readouterr().err
+    assert len(list(csv.DictReader(csv_path.open()))) == 1 and plot_path.read_text().startswith("<?xml")
+
+
+@pytest.mark.parametrize(
+    "stop, code, message",
+    [
+        (RuntimeError("load test process 1 failed:\nTraceback (most recent call last):\n  ...\nValueError: boom"), 1,
+         "load test process 1 failed: ValueError: boom"),
+        (KeyboardInterrupt(), 130, "interrupted (Ctrl-C)"),
+    ],
+)  # fmt: skip
+def test_a_stopped_run_still_reports_its_finished_steps(monkeypatch, tmp_path, capsys, stop, code, message):
+    answer_steps(monkeypatch, _worker([1000] * 10, {}, 0.1), stop)
+    out, csv_path = tmp_path / "r.json", tmp_path / "r.csv"
+    assert main([*OFFLINE, "--concurrency", "1,2", "--out", str(out), "--csv", str(csv_path)]) == code
+    captured = capsys.readouterr()
+    assert f"stopped early, reporting the 1 finished steps: {message}" in captured.err
+    assert len(captured.out.splitlines()) == 2  # the table: its header and the finished step
+    report = json.loads(out.read_text())
+    assert report["interrupted"] is True and report["interrupted_reason"] == (str(stop) or "interrupted (Ctrl-C)")
+    assert [s["concurrency"] for s in report["steps"]] == [1]
+    assert [row["concurrency"] for row in csv.DictReader(csv_path.open())] == ["1"]
+
+
+def test_a_finished_run_is_not_marked_interrupted(monkeypatch, tmp_path):
+    answer_steps(monkeypatch, _worker([1000] * 10, {}, 0.1))
+    out = tmp_path / "r.json"
+    assert main([*OFFLINE, "--concurrency", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["interrupted"] is False and "interrupted_reason" not in report
+
+
+def _worker(
+    latencies_us: list[int], errors: dict[str, int], cpu_s: float, window_s: float = 2.0, window_ok: int | None = None
+) -> WorkerResult:
     h = new_histogram()
     for v in latencies_us:
         h.record_value(v)
-    return WorkerResult(h.encode(), len(latencies_us), errors, elapsed_s=elapsed_s, cpu_s=cpu_s, wall_s=2.0)
+    ok = len(latencies_us)
+    return WorkerResult(h.encode(), ok, errors, window_s=window_s, window_ok=ok if window_ok is None else window_ok, cpu_s=cpu_s, wall_s=2.0)
 
 
 def test_step_merges_worker_histograms():
@@ -168,6 +332,19 @@ def test_pool_steps_adds_runs_and_merges_their_histograms():
         pool_steps([fast, {**slow, "concurrency": 8}])
     with pytest.raises(ValueError, match="no steps"):
         pool_steps([])
+
+
+def test_pool_steps_counts_the_window_and_takes_the_batch_size_from_the_steps():
+    dead = StepResult("closed", 4, None, 8, [_worker([], {"UNAVAILABLE": 3}, 0.1)]).to_dict()
+    alive = StepResult("closed", 4, None, 8, [_worker([1000] * 100, {}, 0.1, window_ok=90)]).to_dict()
+    pooled = pool_steps([dead, alive])
+    assert (pooled["ok"], pooled["window_ok"], pooled["batch_size"]) == (100, 90, 8)
+    assert pooled["req_per_s"] == pytest.approx(90 / 4.0) and pooled["images_per_s"] == pytest.approx(8 * 90 / 4.0)
+    # Results written before window_ok and batch_size: ok counts, the ratio gives the batch.
+    older = [{k: v for k, v in alive.items() if k not in ("window_ok", "batch_size")}] * 2
+    assert older[0]["req_per_s"] == 45.0
+    pooled = pool_steps(older)
+    assert pooled["req_per_s"] == pytest.approx(200 / 4.0) and pooled["images_per_s"] == pytest.approx(8 * 200 / 4.0)
 
 
 def test_plot_says_it_needs_matplotlib(monkeypatch, tmp_path):

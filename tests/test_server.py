@@ -491,6 +491,8 @@ def test_metrics_scrape(server, infer_stub, fashion):
     before = scrape(server)
     for _ in range(3):
         infer_stub.ModelInfer(infer_request("lenet5", fashion["x"][:2], version="1"), timeout=TIMEOUT)
+    with pytest.raises(grpc.RpcError):
+        infer_stub.ModelInfer(infer_request("no-such-model", fashion["x"][:1]), timeout=TIMEOUT)
     after = scrape(server)
     assert sample(after, "edgecnn_model_parameters", model="lenet5", version="1") == PARAMS_LENET5
     assert sample(after, "edgecnn_model_onnx_bytes", model="lenet5", version="1") > 0
@@ -506,7 +508,8 @@ def test_metrics_scrape(server, infer_stub, fashion):
     assert sample(after, "edgecnn_batch_size_sum", **mv) - sample(before, "edgecnn_batch_size_sum", **mv) == 6
     assert sample(after, "edgecnn_inflight_requests") == 0
     assert sample(after, "edgecnn_server_ready") == 1
-    assert sample(after, "edgecnn_requests_total", model="", version="", api="ModelInfer", code="NOT_FOUND") >= 1
+    not_found = {"model": "", "version": "", "api": "ModelInfer", "code": "NOT_FOUND"}
+    assert sample(after, "edgecnn_requests_total", **not_found) - sample(before, "edgecnn_requests_total", **not_found) == 1
 
 
 # --- health and reflection -------------------------------------------------------------------

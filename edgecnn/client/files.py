@@ -32,6 +32,9 @@ def _read_npy(path: Path) -> list[NamedImage]:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise InputFileError(f"{path}: not a readable .npy file ({exc})") from None
+    if not isinstance(array, np.ndarray):  # np.load reads an .npz archive whatever its name
+        array.close()
+        raise InputFileError(f"{path}: an .npz archive; expected a .npy file holding one array")
     if not np.issubdtype(array.dtype, np.floating):
         raise InputFileError(f"{path}: dtype {array.dtype}; expected a float32 preprocessed tensor")
     if array.ndim == 3:

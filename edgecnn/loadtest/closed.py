@@ -14,13 +14,13 @@ async def closed_loop(
     payloads: Sequence[bytes],
     concurrency: int,
     recorder: Recorder,
-    measure_end: float | None,
     max_requests: int | None,
     timeout_s: float,
     metadata: Sequence[tuple[str, str]],
 ) -> None:
-    """Run until `measure_end` (perf_counter time) or until `max_requests` measured requests
-    have been sent; requests sent before recorder.measure_start are warm-up."""
+    """Run until recorder.measure_end (perf_counter time) or until `max_requests` measured
+    requests have been sent; requests sent before recorder.measure_start are warm-up."""
+    measure_end = recorder.measure_end
     issued = 0
 
     async def worker(first: int) -> None:

@@ -1,22 +1,28 @@
 """`edgecnn loadtest`: a concurrency sweep (closed loop) or a fixed arrival rate (open loop)
 against one model; prints a table and writes JSON / CSV / a latency plot.
 
-Exit codes: 0 every request succeeded, 1 some failed (counted by gRPC status code),
-2 the test could not start (bad arguments, model metadata unavailable).
+Exit codes: 0 every request succeeded, 1 some failed (counted by gRPC status code), a client
+process failed or an output could not be written, 2 the test could not start (bad arguments,
+model metadata unavailable), 130 stopped by Ctrl-C. Stopped early, it still reports and writes
+the steps it finished.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edgecnn.auth_token import token_file_option
 from edgecnn.client.channel import add_connection_args, channel_credentials, parse_server
 from edgecnn.client.client import ClientError
 from edgecnn.client.messages import INPUT_NAME
 
-from .plot import PlotUnavailable, plot_latency
+from .checks import NON_NEGATIVE_SECONDS, POSITIVE_RATE, POSITIVE_SECONDS, is_non_negative, is_positive
+from .plot import PlotUnavailable, check_plot_path, plot_latency
 from .report import build_report, format_table, saturation_warnings, write_csv, write_json
 from .runner import Plan, run_plan
 from .workload import APIS, Target, make_payloads, model_input
@@ -24,7 +30,7 @@ from .workload import APIS, Target, make_payloads, model_input
 PROG = "edgecnn loadtest"
 
 
-def _positive_ints(text: str) -> tuple[int, ...]:
+def positive_ints(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
@@ -35,10 +41,25 @@ def _positive_ints(text: str) -> tuple[int, ...]:
 
 
 def _shape(text: str) -> tuple[int, int, int]:
-    values = _positive_ints(text)
+    values = positive_ints(text)
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"{text!r}: expected C,H,W, e.g. 1,28,28")
     return values  # type: ignore[return-value]
+
+
+def _number(ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+    """An argparse type: a float that passes `ok`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
+        return value
+
+    return parse
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -47,14 +68,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", type=int, default=None, help="model version (default: the latest)")
     parser.add_argument("--api", choices=APIS, default="infer", help="KServe V2 ModelInfer tensors, or Classifier with PNG images")
     parser.add_argument("--batch-size", type=int, default=1, help="images per request")
-    parser.add_argument("--concurrency", type=_positive_ints, default=(1, 4, 16, 64), help="closed-loop sweep: workers per step")
-    parser.add_argument("--rate", type=float, default=None, help="open loop instead: Poisson arrivals per second")
+    parser.add_argument("--concurrency", type=positive_ints, default=(1, 4, 16, 64), help="closed-loop sweep: workers per step")
+    parser.add_argument("--rate", type=_number(is_positive, POSITIVE_RATE), default=None, help="open loop instead: Poisson arrivals per second")
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--duration", type=float, default=None, help="seconds measured per step (default 5)")
+    length.add_argument("--duration", type=_number(is_positive, POSITIVE_SECONDS), default=None, help="seconds measured per step (default 5)")
     length.add_argument("--requests", type=int, default=None, help="measured requests per step instead of a duration")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each step")
+    parser.add_argument("--warmup", type=_number(is_non_negative, NON_NEGATIVE_SECONDS), default=1.0, help="unmeasured seconds before each step")
     parser.add_argument("--processes", type=int, default=1, help="client processes sharing the load")
-    parser.add_argument("--timeout", type=float, default=10.0, help="deadline per request in seconds")
+    parser.add_argument("--timeout", type=_number(is_positive, POSITIVE_SECONDS), default=10.0, help="deadline per request in seconds")
     parser.add_argument("--input-shape", type=_shape, default=None, help="C,H,W: skip asking the server's ModelMetadata")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and arrival times")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -69,12 +90,30 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """ValueError for an output file that could not be written, before the run rather than after it."""
+    for option in ("out", "csv", "plot"):
+        path = getattr(args, option)
+        if path is None:
+            continue
+        if not path.parent.is_dir():
+            raise ValueError(f"--{option} {path}: no folder {path.parent}")
+        if path.is_dir():
+            raise ValueError(f"--{option} {path}: a folder; expected a file name")
+    if args.plot is not None:
+        try:
+            check_plot_path(args.plot)
+        except PlotUnavailable:
+            pass  # said after the run: the measurement is worth having without its plot
+        except ValueError as exc:
+            raise ValueError(f"--plot {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     try:
+        _check_outputs(args)
         parse_server(args.server)
         credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)  # every TLS file readable, before any process starts
-        if args.timeout <= 0:
-            raise ValueError(f"--timeout {args.timeout}: expected a positive number of seconds")
         token = token_file_option(args.auth_token_file)
         target = Target(
             args.server, args.model, args.version, args.api, args.tls_ca, token, args.timeout, args.tls_cert, args.tls_key
@@ -104,21 +143,41 @@ def run(args: argparse.Namespace) -> int:
         "tls": credentials is not None,
         "client_certificate": args.tls_cert is not None, "auth": token is not None, "seed": args.seed,
     }  # fmt: skip
-    steps = run_plan(plan, progress=None if args.quiet else sys.stderr)
-    report = build_report(config, steps)
+    plan_run = run_plan(plan, progress=None if args.quiet else sys.stderr)
+    report = build_report(config, plan_run.steps, plan_run.stop_reason)
     print(format_table(report))
     for warning in saturation_warnings(report):
         print(warning, file=sys.stderr)
-    if args.out:
-        write_json(report, args.out)
-    if args.csv:
-        write_csv(report, args.csv)
-    if args.plot:
-        try:
-            plot_latency(report, args.plot)
-        except PlotUnavailable as exc:
-            print(f"{PROG}: no plot written: {exc}", file=sys.stderr)
+    unwritten = _write_outputs(report, args)
     failed = sum(sum(step["errors"].values()) for step in report["steps"])
     if failed:
         print(f"{PROG}: {failed} requests failed", file=sys.stderr)
-    return 1 if failed else 0
+    if plan_run.stop_reason is not None:
+        print(f"{PROG}: stopped early, reporting the {len(plan_run.steps)} finished steps: "
+              f"{_one_line(plan_run.stop_reason)}", file=sys.stderr)  # fmt: skip
+    if isinstance(plan_run.stopped_by, KeyboardInterrupt):
+        return 130
+    return 1 if failed or unwritten or plan_run.stopped_by else 0
+
+
+def _write_outputs(report: dict[str, Any], args: argparse.Namespace) -> int:
+    """Every output asked for, each on its own so that one failing does not stop the others;
+    how many could not be written."""
+    unwritten = 0
+    for path, write in ((args.out, write_json), (args.csv, write_csv), (args.plot, plot_latency)):
+        if path is None:
+            continue
+        try:
+            write(report, path)
+        except PlotUnavailable as exc:
+            print(f"{PROG}: no plot written: {exc}", file=sys.stderr)
+        except OSError as exc:
+            print(f"{PROG}: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+            unwritten += 1
+    return unwritten
+
+
+def _one_line(text: str) -> str:
+    """A multi-line reason (a client process's traceback) as its first and last lines."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}: {lines[-1]}"

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from time import perf_counter
 
-from .calls import Call, Recorder, send
+from .calls import Call, Recorder, measured_window, send
+from .checks import POSITIVE_RATE, is_positive, require
 
 
 @dataclass(frozen=True)
@@ -24,11 +25,6 @@ class OpenLoopCounts:
     sent: int  # measured arrivals really handed to gRPC inside the send window
     send_window_s: float  # up to the duration's end, or the last real send with --requests
     max_send_lag_s: float  # the longest a measured request left after its scheduled time
-
-
-def measured_window(start: float, end: float | None, last: float) -> float:
-    """Seconds from the measurement's start to its end (--duration), or else to the last event (--requests)."""
-    return (end if end is not None else last) - start
 
 
 class _Sends:
@@ -60,15 +56,14 @@ async def open_loop(
     rate: float,
     start: float,
     recorder: Recorder,
-    measure_end: float | None,
     max_requests: int | None,
     timeout_s: float,
     metadata: Sequence[tuple[str, str]],
     seed: int,
 ) -> OpenLoopCounts:
-    """Send until `measure_end` or `max_requests` measured arrivals."""
-    if rate <= 0:
-        raise ValueError(f"rate {rate}: expected a positive number of requests per second")
+    """Send until recorder.measure_end or `max_requests` measured arrivals."""
+    require(is_positive, "rate", rate, POSITIVE_RATE)
+    measure_end = recorder.measure_end
     rng = random.Random(seed)
     in_flight: set[asyncio.Task] = set()
     sends = _Sends(recorder.measure_start, measure_end)

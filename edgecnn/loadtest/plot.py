@@ -12,7 +12,7 @@ class PlotUnavailable(RuntimeError):
     pass
 
 
-def plot_latency(report: dict[str, Any], path: Path) -> None:
+def _pyplot():
     try:
         import matplotlib
 
@@ -20,6 +20,23 @@ def plot_latency(report: dict[str, Any], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise PlotUnavailable("the plot needs matplotlib (pip install matplotlib)") from None
+    return plt
+
+
+def check_plot_path(path: Path) -> None:
+    """ValueError unless matplotlib can write a file of this name's extension (PlotUnavailable
+    without matplotlib); savefig would fail only after the whole load test."""
+    _pyplot()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    extension = Path(path).suffix.lower().lstrip(".")
+    if extension not in formats:
+        raise ValueError(f"{path}: the plot's file name must end in one of {', '.join('.' + f for f in sorted(formats))}")
+
+
+def plot_latency(report: dict[str, Any], path: Path) -> None:
+    plt = _pyplot()
     steps = [s for s in report["steps"] if s["ok"] > 0]
     config = report["config"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -36,5 +53,7 @@ def plot_latency(report: dict[str, Any], path: Path) -> None:
     ax.set_title(f"{config['model']} via {config['api']} (batch {config['batch_size']}) at {config['server']}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)

@@ -17,20 +17,25 @@ from .stats import PERCENTILES, SATURATION_CPU, StepResult, percentile_key, step
 
 LATENCY_KEYS = [percentile_key(p) for p in PERCENTILES] + ["max"]
 CSV_FIELDS = [
-    "mode", "concurrency", "rate", "requests", "ok", "errors", "duration_s", "req_per_s", "images_per_s",
+    "mode", "concurrency", "rate", "requests", "ok", "errors", "window_ok", "duration_s", "req_per_s", "images_per_s",
     *(f"{k}_ms" for k in LATENCY_KEYS), "mean_ms", "client_cpu_max", "client_saturated",
 ]  # fmt: skip
 
 
-def build_report(config: dict[str, Any], steps: list[StepResult]) -> dict[str, Any]:
-    return {
+def build_report(config: dict[str, Any], steps: list[StepResult], stop_reason: str | None = None) -> dict[str, Any]:
+    """`stop_reason`: what ended the run before its last step (the steps are those it finished)."""
+    report = {
         "tool": "edgecnn loadtest",
         "edgecnn_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "client": {"host": platform.node(), "python": platform.python_version(), "grpcio": grpc.__version__},
         "config": config,
+        "interrupted": stop_reason is not None,
         "steps": [step.to_dict() for step in steps],
     }
+    if stop_reason is not None:
+        report["interrupted_reason"] = stop_reason
+    return report
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
@@ -43,7 +48,7 @@ def errors_text(errors: dict[str, int]) -> str:
 
 def csv_row(step: dict[str, Any]) -> dict[str, Any]:
     latency = step["latency_ms"]
-    row = {k: step[k] for k in ("mode", "concurrency", "rate", "requests", "ok", "duration_s", "req_per_s", "images_per_s")}
+    row = {k: step[k] for k in ("mode", "concurrency", "rate", "requests", "ok", "window_ok", "duration_s", "req_per_s", "images_per_s")}
     row["errors"] = errors_text(step["errors"])
     row.update({f"{k}_ms": latency[k] for k in LATENCY_KEYS})
     row["mean_ms"] = latency["mean"]

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
+from .checks import NON_NEGATIVE_SECONDS, POSITIVE_RATE, POSITIVE_SECONDS, is_non_negative, is_positive, require
 from .stats import StepResult, WorkerResult, step_label
 from .worker import Slots, WorkerPool, WorkerSpec, run_worker
 from .workload import Target
@@ -33,18 +34,22 @@ class Plan:
     def __post_init__(self) -> None:
         if (self.duration_s is None) == (self.requests is None):
             raise ValueError("give exactly one of a duration or a request count per step")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise ValueError(f"duration {self.duration_s}: expected a positive number of seconds")
+        if self.duration_s is not None:
+            require(is_positive, "duration", self.duration_s, POSITIVE_SECONDS)
         if self.requests is not None and self.requests < 1:
             raise ValueError(f"requests {self.requests}: expected >= 1")
-        if self.warmup_s < 0:
-            raise ValueError(f"warmup {self.warmup_s}: expected >= 0 seconds")
+        require(is_non_negative, "warmup", self.warmup_s, NON_NEGATIVE_SECONDS)
         if self.processes < 1:
             raise ValueError(f"processes {self.processes}: expected >= 1")
-        if self.rate is not None and self.rate <= 0:
-            raise ValueError(f"rate {self.rate}: expected a positive number of requests per second")
+        if self.rate is not None:
+            require(is_positive, "rate", self.rate, POSITIVE_RATE)
         if self.rate is None and (not self.concurrency or min(self.concurrency) < 1):
             raise ValueError(f"concurrency {list(self.concurrency)}: expected positive worker counts")
+        if self.rate is None and self.requests is not None and self.requests < max(self.concurrency):
+            raise ValueError(
+                f"--requests {self.requests} is below the concurrency {max(self.concurrency)}: "
+                "some workers would send nothing; ask for at least one request per worker"
+            )
 
     @property
     def mode(self) -> str:
@@ -54,32 +59,43 @@ class Plan:
         return [(None, self.rate)] if self.rate is not None else [(c, None) for c in self.concurrency]
 
 
+def split_in_proportion(total: int, weights: list[int]) -> list[int]:
+    """`total` spread over positive `weights` in proportion: each its whole share, the rest one
+    by one to the largest remainders (the first of equal ones)."""
+    whole = sum(weights)
+    parts = [total * w // whole for w in weights]
+    by_remainder = sorted(range(len(weights)), key=lambda i: total * weights[i] % whole, reverse=True)
+    for i in by_remainder[: total - sum(parts)]:
+        parts[i] += 1
+    return parts
+
+
 def split(total: int, parts: int) -> list[int]:
     """`total` spread over `parts` as evenly as possible, zeros dropped."""
-    shares = [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
-    return [s for s in shares if s > 0]
+    return [s for s in split_in_proportion(total, [1] * parts) if s > 0]
 
 
 def shares(plan: Plan, concurrency: int | None, start_at: float) -> list[WorkerSpec]:
+    """Each process's part of one step: closed loop, its workers and the measured requests in
+    proportion to them; open loop, an even part of the requests and of the rate. A process
+    left without work is left out."""
     if plan.mode == "closed":
         assert concurrency is not None
         workers = split(concurrency, plan.processes)
-        n = len(workers)
-        rates = [0.0] * n
+        requests = split_in_proportion(plan.requests, workers) if plan.requests is not None else [None] * len(workers)
+        rates = [0.0] * len(workers)
     else:
         assert plan.rate is not None
-        n = plan.processes
-        workers = [0] * n
-        rates = [plan.rate / n] * n
-    requests = split(plan.requests, n) if plan.requests is not None else [None] * n
-    n = min(n, len(requests))  # fewer measured requests than processes: fewer processes
+        requests = split(plan.requests, plan.processes) if plan.requests is not None else [None] * plan.processes
+        workers = [0] * len(requests)
+        rates = [plan.rate / len(requests)] * len(requests)
     return [
         WorkerSpec(
             target=plan.target, payloads=plan.payloads, mode=plan.mode, concurrency=workers[i], rate=rates[i],
             warmup_s=plan.warmup_s, duration_s=plan.duration_s, requests=requests[i], start_at=start_at,
             seed=plan.seed + i,
         )  # fmt: skip
-        for i in range(n)
+        for i in range(len(requests))
     ]
 
 
@@ -112,23 +128,42 @@ class Progress:
             before = done
 
 
-def run_plan(plan: Plan, progress: TextIO | None = sys.stderr, on_step: Callable[[StepResult], None] | None = None) -> list[StepResult]:
-    pool = WorkerPool(plan.processes) if plan.processes > 1 else None
-    slots = pool.slots if pool else Slots(1)
-    results = []
+@dataclass
+class PlanRun:
+    steps: list[StepResult]  # the finished steps
+    stopped_by: BaseException | None = None  # Ctrl-C or a failed client process, which ended it early
+
+    @property
+    def stop_reason(self) -> str | None:
+        if self.stopped_by is None:
+            return None
+        if isinstance(self.stopped_by, KeyboardInterrupt):
+            return "interrupted (Ctrl-C)"
+        return str(self.stopped_by)
+
+
+def run_plan(plan: Plan, progress: TextIO | None = sys.stderr, on_step: Callable[[StepResult], None] | None = None) -> PlanRun:
+    """Every step of the plan in turn. Ctrl-C or a failed client process stops it: the steps
+    finished by then are returned with what stopped it."""
+    run = PlanRun([])
+    pool = None
     try:
+        pool = WorkerPool(plan.processes) if plan.processes > 1 else None
+        slots = pool.slots if pool else Slots(1)
         for concurrency, rate in plan.steps():
             specs = shares(plan, concurrency, time.time() + (START_SLACK_S if pool else 0.0))
             with Progress(slots, step_label(concurrency, rate), plan.warmup_s, progress):
                 workers = _run_step(specs, slots, pool)
             step = StepResult(plan.mode, concurrency, rate, plan.batch_size, workers)
-            results.append(step)
+            run.steps.append(step)
             if on_step:
                 on_step(step)
+    except (KeyboardInterrupt, RuntimeError) as exc:  # the pool reports a failed process as RuntimeError
+        run.stopped_by = exc
     finally:
         if pool:
             pool.close()
-    return results
+    return run
 
 
 def _run_step(specs: list[WorkerSpec], slots: Slots, pool: WorkerPool | None) -> list[WorkerResult]:

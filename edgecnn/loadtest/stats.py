@@ -55,21 +55,23 @@ def pool_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:
     for step in steps:
         histogram.decode_and_add(step["histogram"].encode("ascii"))
         errors.update(step["errors"])
-    ok = sum(s["ok"] for s in steps)
+    window_ok = sum(_window_ok(s) for s in steps)
     duration = sum(s["duration_s"] for s in steps)
-    req_per_s = ok / duration if duration > 0 else 0.0
-    images_per_request = first["images_per_s"] / first["req_per_s"] if first["req_per_s"] else 1.0
+    req_per_s = window_ok / duration if duration > 0 else 0.0
+    batch_size = _batch_size(first)
     client_cpu = [max(cpu) for cpu in zip(*(s["client_cpu"] for s in steps))]
     return {
         "mode": "closed",
         "concurrency": first["concurrency"],
         "rate": None,
+        "batch_size": batch_size,
         "requests": sum(s["requests"] for s in steps),
-        "ok": ok,
+        "ok": sum(s["ok"] for s in steps),
         "errors": dict(sorted(errors.items())),
+        "window_ok": window_ok,
         "duration_s": round(duration, 4),
         "req_per_s": round(req_per_s, 2),
-        "images_per_s": round(req_per_s * images_per_request, 2),
+        "images_per_s": round(req_per_s * batch_size, 2),
         "latency_ms": latency_ms(histogram),
         "client_cpu": client_cpu,
         "client_saturated": any(s["client_saturated"] for s in steps),
@@ -78,21 +80,36 @@ def pool_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _window_ok(step: dict[str, Any]) -> int:
+    """The successes its req/s counts; results written before `window_ok` existed counted `ok`."""
+    return step.get("window_ok", step["ok"])
+
+
+def _batch_size(step: dict[str, Any]) -> float:
+    """Images per request; results written before `batch_size` existed carry only the ratio."""
+    if "batch_size" in step:
+        return step["batch_size"]
+    return step["images_per_s"] / step["req_per_s"] if step["req_per_s"] else 1.0
+
+
 @dataclass
 class WorkerResult:
     """What one client process measured in one step (picklable; the histogram travels encoded)."""
 
     histogram: bytes
-    ok: int
+    ok: int  # measured requests (by start or scheduled time) that succeeded
     errors: dict[str, int]
-    elapsed_s: float  # from the start of measurement to the last measured completion
+    # The measured window: from the start of measurement to its end (--duration) or to the
+    # last measured completion (--requests), and the successes that completed inside it.
+    window_s: float
+    window_ok: int
     cpu_s: float
     wall_s: float
-    # Open loop only: arrivals scheduled in the measured window and its length; measured
-    # requests really sent in the send window and its length; the worst lag of a real send
-    # behind its scheduled time.
+    # Open loop only: arrivals scheduled in the measured window and the window's length (up to
+    # the last arrival with --requests); measured requests really sent in the send window and
+    # its length; the worst lag of a real send behind its scheduled time.
     scheduled: int = 0
-    window_s: float = 0.0
+    arrival_window_s: float = 0.0
     sent: int = 0
     send_window_s: float = 0.0
     max_send_lag_s: float = 0.0
@@ -135,12 +152,16 @@ class StepResult:
         return self.ok + sum(self.errors.values())
 
     @property
-    def elapsed_s(self) -> float:
-        return max((w.elapsed_s for w in self.workers), default=0.0)
+    def window_s(self) -> float:
+        return max((w.window_s for w in self.workers), default=0.0)
+
+    @property
+    def window_ok(self) -> int:
+        return sum(w.window_ok for w in self.workers)
 
     @property
     def req_per_s(self) -> float:
-        return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return self.window_ok / self.window_s if self.window_s > 0 else 0.0
 
     @property
     def client_cpu(self) -> list[float]:
@@ -154,14 +175,19 @@ class StepResult:
         return latency_ms(self.histogram)
 
     def to_dict(self) -> dict[str, Any]:
+        """requests, ok, errors and the latencies count the requests started (or scheduled) in
+        the measured window; req_per_s is window_ok / duration_s: the successes that completed
+        in the window over its length."""
         result: dict[str, Any] = {
             "mode": self.mode,
             "concurrency": self.concurrency,
             "rate": self.rate,
+            "batch_size": self.batch_size,
             "requests": self.requests,
             "ok": self.ok,
             "errors": self.errors,
-            "duration_s": round(self.elapsed_s, 4),
+            "window_ok": self.window_ok,
+            "duration_s": round(self.window_s, 4),
             "req_per_s": round(self.req_per_s, 2),
             "images_per_s": round(self.req_per_s * self.batch_size, 2),
             "latency_ms": self.latency_ms(),
@@ -170,7 +196,7 @@ class StepResult:
             "histogram": self.histogram.encode().decode("ascii"),
         }
         if self.mode == "open":
-            window = max((w.window_s for w in self.workers), default=0.0)
+            window = max((w.arrival_window_s for w in self.workers), default=0.0)
             send_window = max((w.send_window_s for w in self.workers), default=0.0)
             scheduled = sum(w.scheduled for w in self.workers)
             sent = sum(w.sent for w in self.workers)

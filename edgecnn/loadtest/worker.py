@@ -7,12 +7,13 @@ import asyncio
 import multiprocessing as mp
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from time import perf_counter
 from typing import Any
 
-from .calls import Recorder
+from .calls import Call, Recorder
 from .closed import closed_loop
 from .openloop import open_loop
 from .stats import WorkerResult
@@ -69,30 +70,33 @@ async def _run(spec: WorkerSpec, slots: Slots, index: int) -> WorkerResult:
             pass  # every request will fail and be counted with its status code
         call = channel.unary_unary(target.method)  # bytes in, bytes out: no protobuf work here
         await asyncio.sleep(max(0.0, spec.start_at - time.time()))
-        cpu0, wall0 = time.process_time(), perf_counter()
-        start = perf_counter()
-        recorder = Recorder(start + spec.warmup_s, slots.setter(index))
-        measure_end = recorder.measure_start + spec.duration_s if spec.duration_s is not None else None
-        counts = None
-        if spec.mode == "closed":
-            await closed_loop(
-                call, spec.payloads, spec.concurrency, recorder, measure_end, spec.requests, target.timeout_s, target.metadata
-            )
-        else:
-            counts = await open_loop(
-                call, spec.payloads, spec.rate, start, recorder, measure_end, spec.requests,
-                target.timeout_s, target.metadata, spec.seed,
-            )  # fmt: skip
-        cpu_s, wall_s = time.process_time() - cpu0, perf_counter() - wall0
+        return await measure(spec, call, slots.setter(index))
+
+
+async def measure(spec: WorkerSpec, call: Call, progress: Callable[[int, int], None]) -> WorkerResult:
+    """Run this process's share of a step through `call`, starting now."""
+    target = spec.target
+    cpu0, start = time.process_time(), perf_counter()
+    measure_end = start + spec.warmup_s + spec.duration_s if spec.duration_s is not None else None
+    recorder = Recorder(start + spec.warmup_s, measure_end, progress)
+    counts = None
+    if spec.mode == "closed":
+        await closed_loop(call, spec.payloads, spec.concurrency, recorder, spec.requests, target.timeout_s, target.metadata)
+    else:
+        counts = await open_loop(
+            call, spec.payloads, spec.rate, start, recorder, spec.requests, target.timeout_s, target.metadata, spec.seed
+        )
+    cpu_s, wall_s = time.process_time() - cpu0, perf_counter() - start
     return WorkerResult(
         histogram=recorder.histogram.encode(),
         ok=recorder.ok,
         errors=dict(recorder.errors),
-        elapsed_s=recorder.elapsed_s,
+        window_s=recorder.window_s,
+        window_ok=recorder.window_ok,
         cpu_s=cpu_s,
         wall_s=wall_s,
         scheduled=counts.scheduled if counts else 0,
-        window_s=counts.window_s if counts else 0.0,
+        arrival_window_s=counts.window_s if counts else 0.0,
         sent=counts.sent if counts else 0,
         send_window_s=counts.send_window_s if counts else 0.0,
         max_send_lag_s=counts.max_send_lag_s if counts else 0.0,
@@ -106,11 +110,14 @@ def run_worker(spec: WorkerSpec, slots: Slots, index: int) -> WorkerResult:
 def _serve(conn: Connection, slots: Slots, index: int) -> None:
     """A pool process: run each spec that arrives, answer with its result (None stops it)."""
     conn.send(READY)
-    while (spec := conn.recv()) is not None:
-        try:
-            conn.send(run_worker(spec, slots, index))
-        except Exception:  # noqa: BLE001 - the parent reports it
-            conn.send(traceback.format_exc())
+    try:
+        while (spec := conn.recv()) is not None:
+            try:
+                conn.send(run_worker(spec, slots, index))
+            except Exception:  # noqa: BLE001 - the parent reports it
+                conn.send(traceback.format_exc())
+    except KeyboardInterrupt:
+        pass  # Ctrl-C reaches the whole process group; the parent reports it
 
 
 class WorkerPool:
