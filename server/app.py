@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import signal
 import threading
 import time
@@ -28,6 +27,7 @@ from edgecnn import repository as repo
 from . import classifier, kserve
 from .auth import TokenAuthInterceptor
 from .batching import Batcher
+from .cpus import usable_cpus
 from .device import CUDA, providers_for
 from .discovery import NOT_SERVING, SERVING, Health
 from .errors import StartupError
@@ -73,7 +73,7 @@ class InferenceServer:
         self.port: int | None = None
         self.metrics_port: int | None = None
         # ONNX Runtime calls that can run at once; each batcher keeps up to this many batches in flight.
-        self._workers = max(2, os.cpu_count() or 1)
+        self._workers = max(2, usable_cpus())
         self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="edgecnn-ort")
         self._server: grpc.aio.Server | None = None
         self._health: Health | None = None
