@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import onnxruntime as ort
 
 from edgecnn.export.data import dataset_images, random_inputs, run_data_dir
 from edgecnn.export.metadata import CALIBRATION_KEY
@@ -58,11 +59,11 @@ class ModelResult:
 
     def drop(self, q: str) -> float | None:
         acc = self.variants[q].accuracy
-        return None if acc is None or self.torch_accuracy is None else 100 * (self.torch_accuracy - acc)
+        # Rounded: as fractions, a drop of exactly 1 point came out as 1.0000000000000009.
+        return None if acc is None or self.torch_accuracy is None else round(100 * (self.torch_accuracy - acc), 9)
 
 
-def median_latency_ms(path: Path, input_shape: list[int], batch: int, threads: int, warmup: int = 5, repeats: int = 30) -> float:
-    session = make_session(path, threads)
+def median_latency_ms(session: ort.InferenceSession, input_shape: list[int], batch: int, warmup: int = 5, repeats: int = 30) -> float:
     x = random_inputs(batch, input_shape, seed=2)
     for _ in range(warmup):
         session.run(None, {"input": x})
@@ -82,8 +83,11 @@ def _weights_description(run_dir: Path, meta: dict) -> str:
     return f"trained {m.get('epochs')} epochs on {m.get('train_images'):,} {meta['dataset']} images"
 
 
-def measure_run(run_dir: Path, repository: Path, threads: int, calibrate_on_random: bool = False) -> ModelResult:
-    model, meta = load_checkpoint(run_dir)
+def measure_run(
+    run_dir: Path, repository: Path, threads: int, calibrate_on_random: bool = False, loaded: tuple | None = None
+) -> ModelResult:
+    """loaded: the run's (model, meta) when the caller has already loaded its checkpoint."""
+    model, meta = loaded or load_checkpoint(run_dir)
     shape = [int(v) for v in meta["input_shape"]]
     name = f"{meta['model']}-{meta['dataset']}"
     test, why = dataset_images(meta["dataset"], "test", None, shape, run_data_dir(run_dir))
@@ -97,14 +101,15 @@ def measure_run(run_dir: Path, repository: Path, threads: int, calibrate_on_rand
             calibrate_on_random=calibrate_on_random and q == "int8",
         )
         path = exported.onnx_path
+        session = make_session(path, threads)  # one per variant: accuracy and both batch sizes
         accuracy = None
         if test is not None:
-            accuracy = float((run_batched(make_session(path, threads), test.x).argmax(1) == test.labels).mean())
+            accuracy = float((run_batched(session, test.x).argmax(1) == test.labels).mean())
         props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
         variants[q] = Variant(
             q,
             path.stat().st_size,
-            {b: median_latency_ms(path, shape, b, threads) for b in (1, 32)},
+            {b: median_latency_ms(session, shape, b) for b in (1, 32)},
             accuracy,
             props.get(CALIBRATION_KEY),
         )
@@ -177,7 +182,8 @@ def edge_results(runs: list[Path], workdir: Path, threads: int = 1, add_cifar_mo
     """
     workdir = Path(workdir)
     runs = [Path(r) for r in runs]
-    given = {load_checkpoint(r)[1]["model"] for r in runs}
+    loaded = {r: load_checkpoint(r) for r in runs}
+    given = {meta["model"] for _, meta in loaded.values()}
     added = []
     if add_cifar_models:
         added = [
@@ -186,7 +192,7 @@ def edge_results(runs: list[Path], workdir: Path, threads: int = 1, add_cifar_mo
             if m not in given
         ]
     repository = workdir / "repository"
-    results = [measure_run(r, repository, threads, calibrate_on_random=r in added) for r in runs + added]
+    results = [measure_run(r, repository, threads, calibrate_on_random=r in added, loaded=loaded.get(r)) for r in runs + added]
     return render(results, threads)
 
 
