@@ -69,6 +69,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=str(ROOT / "demo-output"))
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--limit", type=int, help="train on the first N training images only (smoke runs)")
     parser.add_argument("--download", action="store_true", help="fetch Fashion-MNIST through torchvision if missing")
     args = parser.parse_args()
     out = Path(args.out)
@@ -79,7 +80,7 @@ def main() -> int:
 
     step(f"1. Train LeNet-5 on Fashion-MNIST ({args.epochs} epochs)")
     run(EDGECNN, "train", "lenet5", "--dataset", "fashion-mnist", "--epochs", str(args.epochs),
-        "--out", str(run_dir), *(["--download"] if args.download else []))
+        "--out", str(run_dir), *(["--download"] if args.download else []), *(["--limit", str(args.limit)] if args.limit else []))
 
     step("2. Export to ONNX (Triton model repository) and verify against PyTorch")
     run(EDGECNN, "export", str(run_dir), "--repository", str(repository))

@@ -594,8 +594,13 @@ def test_service_hpa_pdb(name: str, rendered):
     assert pdb["apiVersion"] == "policy/v1"
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     # A budget that forbids every eviction would block node drains at minReplicas.
-    if "minAvailable" in pdb["spec"]:
-        assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
+    budget = pdb["spec"]
+    assert ("minAvailable" in budget) != ("maxUnavailable" in budget), budget  # policy/v1: exactly one
+    if "minAvailable" in budget:
+        assert budget["minAvailable"] < hpa["spec"]["minReplicas"]
+    else:
+        allowed = budget["maxUnavailable"]  # a count, or a percentage (rounded up)
+        assert (int(allowed.rstrip("%")) if isinstance(allowed, str) else allowed) >= 1, budget
 
 
 def test_overlays_pick_their_image_and_device(rendered):

@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 import sys
+import time
 
 import pytest
 
@@ -17,7 +18,7 @@ from edgecnn.loadtest.calls import Recorder
 from edgecnn.loadtest.openloop import open_loop
 from edgecnn.loadtest.plot import PlotUnavailable, plot_latency
 from edgecnn.loadtest.runner import Plan, shares, split, split_in_proportion
-from edgecnn.loadtest.stats import StepResult, WorkerResult, new_histogram, pool_steps
+from edgecnn.loadtest.stats import SATURATION_CPU, StepResult, WorkerResult, latency_ms, new_histogram, pool_steps
 from edgecnn.loadtest.worker import WorkerSpec, measure
 from edgecnn.loadtest.workload import Target
 from tests.conftest_server import self_signed_cert
@@ -176,6 +177,28 @@ def test_open_loop_refuses_an_infinite_rate():
     recorder = Recorder(0.0, 1.0, lambda done, failed: None)
     with pytest.raises(ValueError, match="rate inf"):
         asyncio.run(open_loop(None, [b""], math.inf, 0.0, recorder, None, 1.0, (), 0))
+
+
+def test_open_loop_latency_runs_from_the_scheduled_send_time():
+    """No coordinated omission: a warm-up call blocks the event loop for 0.3 s just before the
+    measurement starts; the measured arrivals scheduled during that stall go out late and their
+    latencies include the wait, though the server (the fake call) answers them at once."""
+    stall_s, warmup_s = 0.3, 0.05
+    stalled_at: list[float] = []
+
+    async def call(payload, timeout, metadata):
+        if not stalled_at:
+            stalled_at.append(time.perf_counter())
+            time.sleep(stall_s)  # synchronous: nothing else runs on the loop meanwhile
+
+    start = time.perf_counter()
+    recorder = Recorder(start + warmup_s, start + 1.0, lambda done, failed: None)
+    counts = asyncio.run(open_loop(call, [b""], 200.0, start, recorder, None, 1.0, (), 0))
+    assert stalled_at[0] < recorder.measure_start  # the stalling call itself is warm-up, not measured
+    assert recorder.ok == counts.scheduled > 100 and not recorder.errors
+    latency = latency_ms(recorder.histogram)
+    assert latency["max"] >= 1000 * (stall_s - warmup_s) - 50, latency  # the earliest measured arrival waited ~0.25 s
+    assert latency["p50"] < 50, latency  # the other requests were answered at once
 
 
 def _plan(**settings) -> Plan:
@@ -351,3 +374,16 @@ def test_plot_says_it_needs_matplotlib(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(PlotUnavailable, match="needs matplotlib"):
         plot_latency({"steps": [], "config": {}}, tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("cpu_share, warned", [(SATURATION_CPU, True), (SATURATION_CPU - 0.05, False), (0.1, False)])
+def test_a_saturated_client_is_warned_about(monkeypatch, capsys, cpu_share, warned):
+    worker = _worker([1000] * 10, {}, cpu_s=cpu_share * 2.0)  # wall_s 2.0
+    assert worker.cpu_share == pytest.approx(cpu_share)
+    answer_steps(monkeypatch, worker)
+    assert main([*OFFLINE, "--concurrency", "3"]) == 0
+    captured = capsys.readouterr()
+    warning = f"warning: c=3: a client process used {cpu_share:.0%} of a CPU core (>= {SATURATION_CPU:.0%})"
+    assert (warning in captured.err) is warned, captured.err
+    assert ("the client may be the bottleneck: add --processes" in captured.err) is warned
+    assert captured.out.splitlines()[1].endswith(f"{cpu_share:.0%}" + (" SATURATED" if warned else ""))

@@ -22,9 +22,11 @@ import pytest
 import tritonclient.grpc as tritonclient_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest_server import (
+    FASHION,
     PARAMS_LENET5,
     copy_model,
     export,
@@ -43,6 +45,7 @@ from edgecnn.server.device import CPU, CUDA, gpu_present, with_options
 from edgecnn.server.runtime import load_version
 from edgecnn.server.settings import DEFAULT_MAX_IMAGE_PIXELS
 from edgecnn.server.shapes import bucket_sizes
+from edgecnn.training.datasets import DATASETS
 
 MARGIN = 1e-3  # logits closer than this may swap places between two float paths
 BATCHED_DELAY_US = 100_000  # long enough that concurrent requests always meet in one batch
@@ -50,7 +53,7 @@ TIMEOUT = 10.0
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory) -> dict:
+def repository(tmp_path_factory, fashion_mnist_dir) -> dict:
     root = tmp_path_factory.mktemp("server")
     repo_dir = root / "repo"
     run_a = write_checkpoint(root / "run-a", seed=0)
@@ -254,6 +257,59 @@ def test_classify_tensor_images_equal_png_images(classifier_stub, fashion):
     for ra, rb in zip(a.results, b.results):
         assert [p.index for p in ra.predictions] == [p.index for p in rb.predictions]
         np.testing.assert_allclose([p.score for p in ra.predictions], [p.score for p in rb.predictions], rtol=1e-5)
+
+
+def encode(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def jpeg_of(image_chw: np.ndarray) -> bytes:
+    return encode(Image.fromarray(image_chw[0], mode="L"), "JPEG")
+
+
+def rgb_png_of(image_chw: np.ndarray) -> bytes:
+    """Three different channels: only the ITU-R 601-2 luma of convert("L") gives the reference."""
+    grey = image_chw[0]
+    return encode(Image.fromarray(np.stack([grey, 255 - grey, grey.T], axis=-1), mode="RGB"), "PNG")
+
+
+def png_56x56_of(image_chw: np.ndarray) -> bytes:
+    return encode(Image.fromarray(image_chw[0], mode="L").resize((56, 56), Image.Resampling.BICUBIC), "PNG")
+
+
+def reference_input(data: bytes) -> np.ndarray:
+    """Classify's preprocessing done here with Pillow + numpy: decode, greyscale, bilinear resize
+    to 28x28, scale to [0, 1], normalize with Fashion-MNIST's mean/std (the model's)."""
+    info = DATASETS[FASHION]
+    with Image.open(io.BytesIO(data)) as image:
+        grey = image.convert("L").resize((28, 28), Image.Resampling.BILINEAR)
+        pixels = np.asarray(grey, dtype=np.float32) / 255.0
+    return ((pixels - np.float32(info.mean[0])) / np.float32(info.std[0]))[None].astype(np.float32)
+
+
+@pytest.mark.parametrize("encoder", [jpeg_of, rgb_png_of, png_56x56_of], ids=["jpeg", "rgb-png", "png-56x56"])
+def test_classify_decodes_jpeg_rgb_and_other_sizes_like_pillow(classifier_stub, repository, fashion, encoder):
+    encoded = [encoder(image) for image in fashion["images"][:8]]
+    request = classifier_pb2.ClassifyRequest(model="lenet5", version=1, top_k=10)
+    for data in encoded:
+        request.images.add(encoded=data)
+    response = classifier_stub.Classify(request, timeout=TIMEOUT)
+    assert (response.model, response.version, len(response.results)) == ("lenet5", 1, len(encoded))
+    reference = reference_logits(repository["v1"], np.stack([reference_input(data) for data in encoded]))
+    margins = np.diff(np.sort(reference, axis=1)[:, -2:], axis=1)[:, 0]
+    for result, logits, margin in zip(response.results, reference, margins):
+        scores = np.zeros(len(fashion["classes"]))
+        for p in result.predictions:
+            assert p.label == fashion["classes"][p.index]
+            scores[p.index] = p.score
+        expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-4)
+        # the scores fix the logits up to a constant: compare those too, far tighter than 1e-4
+        np.testing.assert_allclose(np.log(scores) - np.log(scores).mean(), logits - logits.mean(), rtol=0, atol=1e-4)
+        if margin > MARGIN:
+            assert result.predictions[0].index == int(np.argmax(logits))
 
 
 def test_model_info(classifier_stub, repository, fashion):
@@ -491,8 +547,11 @@ def test_metrics_scrape(server, infer_stub, fashion):
     before = scrape(server)
     for _ in range(3):
         infer_stub.ModelInfer(infer_request("lenet5", fashion["x"][:2], version="1"), timeout=TIMEOUT)
+    not_found = {"model": "", "version": "", "api": "ModelInfer", "code": "NOT_FOUND"}
     with pytest.raises(grpc.RpcError):
         infer_stub.ModelInfer(infer_request("no-such-model", fashion["x"][:1]), timeout=TIMEOUT)
+    # The server counts a request once its answer is sent: the client may read it first.
+    wait_until(lambda: sample(scrape(server), "edgecnn_requests_total", **not_found) > sample(before, "edgecnn_requests_total", **not_found), "the NOT_FOUND count")
     after = scrape(server)
     assert sample(after, "edgecnn_model_parameters", model="lenet5", version="1") == PARAMS_LENET5
     assert sample(after, "edgecnn_model_onnx_bytes", model="lenet5", version="1") > 0
@@ -508,7 +567,6 @@ def test_metrics_scrape(server, infer_stub, fashion):
     assert sample(after, "edgecnn_batch_size_sum", **mv) - sample(before, "edgecnn_batch_size_sum", **mv) == 6
     assert sample(after, "edgecnn_inflight_requests") == 0
     assert sample(after, "edgecnn_server_ready") == 1
-    not_found = {"model": "", "version": "", "api": "ModelInfer", "code": "NOT_FOUND"}
     assert sample(after, "edgecnn_requests_total", **not_found) - sample(before, "edgecnn_requests_total", **not_found) == 1
 
 

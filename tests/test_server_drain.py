@@ -37,7 +37,7 @@ sys.exit(main())
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory) -> Path:
+def repository(tmp_path_factory, fashion_mnist_dir) -> Path:
     root = tmp_path_factory.mktemp("drain")
     export(write_checkpoint(root / "run", seed=0), root / "repo", "lenet5", 1, max_queue_delay_us=DELAY_US, max_batch_size=64)
     return root / "repo"

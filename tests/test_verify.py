@@ -15,6 +15,7 @@ from onnx import numpy_helper
 from edgecnn.cli import main as cli_main
 from edgecnn.export.onnx_export import ExportError, export_run
 from edgecnn.export.verify import Thresholds, compare, find_breaches, verify_file
+from edgecnn.training import datasets
 from edgecnn.training.checkpoint import load_checkpoint, save_checkpoint
 from tests.export_helpers import fixed_seed_run, one_line_error, snapshot
 
@@ -131,10 +132,9 @@ def test_verify_refuses_out_of_range_numbers(workspace, capsys, flag, value):
 def test_missing_dataset_falls_back_to_random_inputs_and_says_so(tmp_path, monkeypatch, capsys):
     """CIFAR-10 is nowhere to be found: FP32 is compared on random inputs, loudly; INT8 calibration
     refuses random inputs unless explicitly allowed, and then cannot pass verification."""
+    monkeypatch.setattr(datasets, "SYSTEM_DATA_ROOT", tmp_path / "system")  # even where CIFAR-10 is installed
     monkeypatch.delenv("EDGECNN_DATA", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    if Path("/usr/share/datasets/cifar10").exists():
-        pytest.skip("CIFAR-10 is installed system-wide here")
     run = fixed_seed_run(tmp_path / "run", "cifar-cnn")
     repository = tmp_path / "repo"
     result = export_run(run, repository, samples=30)
@@ -146,7 +146,7 @@ def test_missing_dataset_falls_back_to_random_inputs_and_says_so(tmp_path, monke
     with pytest.raises(ExportError, match=r"INT8 calibration needs cifar10 training images: dataset 'cifar10' not found") as caught:
         export_run(run, repository, name="cnn-int8", quantize="int8", verify=False, calibration_images=16)
     assert str(tmp_path / "home" / ".cache" / "edgecnn" / "cifar10") in str(caught.value)
-    assert "/usr/share/datasets/cifar10" in str(caught.value) and "--calibrate-on-random" in str(caught.value)
+    assert str(tmp_path / "system" / "cifar10") in str(caught.value) and "--calibrate-on-random" in str(caught.value)
     args = ["export", str(run), "--repository", str(repository), "--quantize", "int8", "--no-verify"]
     assert cli_main(args) == 2
     assert "INT8 calibration needs cifar10 training images" in one_line_error(capsys, "export")
