@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@[ -n "$(PYTHON)" ] || { echo "need Python 3.11+ (python3.11 or python3; or set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip >/dev/null
-	$(BIN)/pip install -e ".[train,dev]"
+	$(BIN)/pip install -e ".[train,loadtest,dev]"
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian's package when apt is there and the data is missing, else through

@@ -24,8 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-# Top-level modules that only the [train] extra installs.
+# Top-level modules that only an extra installs.
 TRAIN_EXTRA_MODULES = frozenset({"torch", "torchvision", "onnx", "onnxscript", "matplotlib", "tqdm"})
+LOADTEST_EXTRA_MODULES = frozenset({"hdrh"})
 
 
 def missing_module_hint(module: str | None) -> str:
@@ -33,6 +34,8 @@ def missing_module_hint(module: str | None) -> str:
     missing = module or "a dependency"
     if module and module.split(".")[0] in TRAIN_EXTRA_MODULES:
         return f"cannot import {missing}. Training and export need the extras: pip install 'edgecnn[train]'"
+    if module and module.split(".")[0] in LOADTEST_EXTRA_MODULES:
+        return f"cannot import {missing}. The load tester needs its extra: pip install 'edgecnn[loadtest]'"
     return f"cannot import {missing}. Reinstall the serving install: pip install edgecnn"
 
 

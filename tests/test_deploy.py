@@ -751,6 +751,9 @@ def build_context(dockerfile: Path, dest: Path) -> Path:
     return dest
 
 
+NOT_SERVING_PACKAGES = {"torch", "torchvision", "onnx", "onnxscript", "matplotlib", "tqdm", "hdrhistogram", "tritonclient"}
+
+
 @pytest.fixture(scope="module")
 def serving_venv(tmp_path_factory) -> Path:
     """A clean virtualenv with the image's install: `pip install .` of the Docker build context."""
@@ -774,6 +777,11 @@ def test_image_command_serves_from_a_serving_only_install(serving_venv, model_re
     run = {"capture_output": True, "text": True, "env": env, "cwd": serving_venv, "timeout": 60}
     no_torch = subprocess.run([str(bin_dir / "python"), "-c", "import torch"], **run)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr, no_torch
+    listed = subprocess.run([str(bin_dir / "python"), "-m", "pip", "list", "--format=json"], **run)
+    installed = {package["name"].lower() for package in json.loads(listed.stdout)}
+    # The serving side carries ONNX Runtime, grpc, numpy and pillow (and what they need): no
+    # training, export, plotting or load-testing packages.
+    assert not installed & NOT_SERVING_PACKAGES, installed & NOT_SERVING_PACKAGES
 
     # As the image runs it: ENTRYPOINT + CMD resolved through PATH, /models and ports swapped.
     served = ServeProcess(_image_argv(serve_command(DOCKERFILE), model_repository), env=env, cwd=serving_venv)

@@ -153,6 +153,7 @@ def test_tls_ca(tmp_path, capsys):
 def test_missing_module_hint_names_the_right_install(monkeypatch, capsys):
     assert "pip install 'edgecnn[train]'" in missing_module_hint("torch")
     assert "pip install 'edgecnn[train]'" in missing_module_hint("onnxscript.ir")
+    assert "pip install 'edgecnn[loadtest]'" in missing_module_hint("hdrh.histogram")
     serving = missing_module_hint("grpc_health.v1")
     assert "cannot import grpc_health.v1" in serving and "pip install edgecnn" in serving and "[train]" not in serving
     monkeypatch.setitem(sys.modules, "edgecnn.client.cmd_health", None)  # as if a serving dependency were missing
