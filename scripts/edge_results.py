@@ -63,16 +63,24 @@ class ModelResult:
         return None if acc is None or self.torch_accuracy is None else round(100 * (self.torch_accuracy - acc), 9)
 
 
-def median_latency_ms(session: ort.InferenceSession, input_shape: list[int], batch: int, warmup: int = 5, repeats: int = 30) -> float:
+def median_latencies_ms(
+    sessions: dict[str, ort.InferenceSession], input_shape: list[int], batch: int, blocks: int = 6, calls: int = 10, warmup: int = 2
+) -> dict[str, float]:
+    """Median milliseconds per call of each variant over `blocks` rounds in which each variant
+    makes `warmup` untimed then `calls` timed calls in turn: a machine getting slower or faster
+    mid-run shifts every variant alike (measured one after the other, the MobileNetV2 INT8/FP32
+    ratio moved from 2.30x to 1.32x between two runs here), while each timed call still finds its
+    own weights in cache, as a served model does (alternating single calls evicts them)."""
     x = random_inputs(batch, input_shape, seed=2)
-    for _ in range(warmup):
-        session.run(None, {"input": x})
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, {"input": x})
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    times: dict[str, list[float]] = {q: [] for q in sessions}
+    for _ in range(blocks):
+        for q, session in sessions.items():
+            for i in range(warmup + calls):
+                start = time.perf_counter()
+                session.run(None, {"input": x})
+                if i >= warmup:
+                    times[q].append(time.perf_counter() - start)
+    return {q: 1000 * statistics.median(t) for q, t in times.items()}
 
 
 def _weights_description(run_dir: Path, meta: dict) -> str:
@@ -95,24 +103,22 @@ def measure_run(
     if test is not None:
         torch_accuracy = float((torch_logits(model, test.x).argmax(1) == test.labels).mean())
     variants: dict[str, Variant] = {}
+    sessions: dict[str, ort.InferenceSession] = {}
     for q in VARIANTS:
         exported = export_run(
             run_dir, repository, name=f"{name}-{LABEL[q].lower()}", quantize=q, verify=False,
             calibrate_on_random=calibrate_on_random and q == "int8",
         )
         path = exported.onnx_path
-        session = make_session(path, threads)  # one per variant: accuracy and both batch sizes
+        sessions[q] = make_session(path, threads)  # one per variant: accuracy and both batch sizes
         accuracy = None
         if test is not None:
-            accuracy = float((run_batched(session, test.x).argmax(1) == test.labels).mean())
+            accuracy = float((run_batched(sessions[q], test.x).argmax(1) == test.labels).mean())
         props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
-        variants[q] = Variant(
-            q,
-            path.stat().st_size,
-            {b: median_latency_ms(session, shape, b) for b in (1, 32)},
-            accuracy,
-            props.get(CALIBRATION_KEY),
-        )
+        variants[q] = Variant(q, path.stat().st_size, {}, accuracy, props.get(CALIBRATION_KEY))
+    for batch in (1, 32):
+        for q, ms in median_latencies_ms(sessions, shape, batch).items():
+            variants[q].latency_ms[batch] = ms
     test_data = test.source if test is not None else f"none: {why}"
     return ModelResult(meta["model"], meta["dataset"], _weights_description(run_dir, meta), test_data, torch_accuracy, variants)
 
@@ -129,7 +135,8 @@ def render(results: list[ModelResult], threads: int) -> str:
     lines = [
         "## Edge variants: FP32 vs INT8 vs FP16 (ONNX Runtime, CPU)",
         "",
-        f"Latency: median of 30 `InferenceSession.run` calls after 5 warm-up calls, CPU execution provider, "
+        f"Latency: median of 60 `InferenceSession.run` calls, taken in 6 rounds in which each variant makes 2 untimed then 10 timed calls in turn "
+        f"(so drift in the machine's speed hits every variant alike), CPU execution provider, "
         f"`intra_op_num_threads={threads}`, random inputs. INT8 is static QDQ (uint8 activations, per-channel "
         "int8 weights, MinMax calibration on 512 images); FP16 keeps float32 input/output. Accuracy is top-1 on the "
         "test data named per model; drop is PyTorch FP32 minus the variant, in points.",

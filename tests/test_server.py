@@ -770,12 +770,13 @@ def test_mtls_requires_a_client_certificate(repository, tmp_path):
         EdgeClient(address, "lenet5", tls_ca=certs["ca"], tls_cert=certs["client_cert"])
 
 
-def test_drain_does_not_wait_for_refused_requests(repository, fashion):
+def test_drain_does_not_wait_for_refused_requests(repository, fashion, monkeypatch):
     """Requests refused while draining are never in flight: under steady traffic the drain ends
-    when the real in-flight requests do, not at the grace period."""
+    when the real in-flight requests do (here one held for 0.3 s), not at the grace period."""
     grace_s = 30.0
     running = ServerThread(Settings(repository=repository["dir"], host="127.0.0.1", port=0, metrics_port=None, device="cpu")).start()
     request = infer_request("lenet5", fashion["x"][:1])
+    gate = Gate(running.server.state.batchers[("lenet5", 1)], monkeypatch)
     stop = threading.Event()
     codes: list[grpc.StatusCode] = []
 
@@ -793,11 +794,16 @@ def test_drain_does_not_wait_for_refused_requests(repository, fashion):
     for sender in senders:
         sender.start()
     try:
-        wait_until(lambda: codes.count(grpc.StatusCode.OK) >= 20, "traffic to flow")
-        started = time.monotonic()
-        running.stop(grace_s)
-        took = time.monotonic() - started
+        with grpc.insecure_channel(running.address) as ch:
+            held = inference_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer.future(infer_request("lenet5", fashion["x"][:1], version="1"), timeout=TIMEOUT)
+            wait_until(lambda: gate.held == 1 and codes.count(grpc.StatusCode.OK) >= 20, "traffic to flow and one request to be held")
+            threading.Timer(0.3, gate.open.set).start()
+            started = time.monotonic()
+            running.stop(grace_s)
+            took = time.monotonic() - started
+            assert held.result().outputs, "the in-flight request was not finished"
     finally:
+        gate.open.set()
         stop.set()
         for sender in senders:
             sender.join(TIMEOUT)
