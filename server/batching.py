@@ -76,6 +76,8 @@ class Batcher:
         self._running = 0  # batches on or queued for worker threads
         self._scheduled = False  # a dispatch is queued on the loop (gathers same-tick arrivals)
         self._waiting = 0  # requests queued or running, for the off path's queue bound
+        self._direct: set[asyncio.Future] = set()  # the off path's calls handed to the executor
+        self._stopped = False  # the grace is over: calls cut short answer UNAVAILABLE
         self._queue_full = (
             f"model {mv.name!r} version {mv.version}: queue full ({max_queue} requests waiting); retry later"
         )
@@ -84,15 +86,23 @@ class Batcher:
         """Return when every queued and running batch is done, or at the deadline (time.monotonic)
         failing the requests still queued with UNAVAILABLE, so that their clients can retry elsewhere."""
         self._dispatch()
-        while (self._pending or self._running) and monotonic() < deadline:
+        while (self._pending or self._running or self._direct) and monotonic() < deadline:
             await asyncio.sleep(0.001)
+        left = len(self._pending) + len(self._direct)
+        if left:
+            log.warning("%s v%d: shutting down with %d requests still queued or running", self.mv.name, self.mv.version, left)
+        self._stopped = True
+        for call in list(self._direct):
+            call.cancel()  # one not yet on a worker thread never runs
         if self._pending:
-            log.warning("%s v%d: shutting down with %d requests still queued", self.mv.name, self.mv.version, len(self._pending))
             dropped = list(self._pending)
             self._pending.clear()
             self._pending_rows = 0
             self._metrics.queue_depth.dec(len(dropped))
-            self._fail(dropped, Unavailable(f"model {self.mv.name!r} is shutting down; retry on another replica"))
+            self._fail(dropped, self._shutting_down())
+
+    def _shutting_down(self) -> Unavailable:
+        return Unavailable(f"model {self.mv.name!r} is shutting down; retry on another replica")
 
     async def infer(self, x: np.ndarray) -> np.ndarray:
         """Logits for x: float32 (N, C, H, W), N within the model's max batch size."""
@@ -131,10 +141,18 @@ class Batcher:
         if self._waiting >= self._max_queue:
             raise QueueFull(self._queue_full)
         self._waiting += 1
+        call = asyncio.get_running_loop().run_in_executor(self._executor, self._timed_run, x, perf_counter())
+        self._direct.add(call)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self._timed_run, x, perf_counter())
+            return await call
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._stopped and not (task and task.cancelling()):  # cut short by stop(), not by the client
+                raise self._shutting_down() from None
+            raise
         finally:
             self._waiting -= 1
+            self._direct.discard(call)
 
     def _timed_run(self, x: np.ndarray, enqueued: float) -> np.ndarray:
         self._metrics.queue_wait.observe(perf_counter() - enqueued)
@@ -201,7 +219,7 @@ class Batcher:
     def _finish(self, batch: list[_Item], done: asyncio.Future) -> None:
         self._running -= 1
         if done.cancelled():
-            self._fail(batch, Unavailable(f"model {self.mv.name!r} is shutting down"))
+            self._fail(batch, self._shutting_down())
         elif (exc := done.exception()) is not None:
             self._fail_logged(batch, exc)
         else:

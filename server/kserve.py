@@ -12,7 +12,7 @@ from .calls import Call, rpc
 from .errors import NotFound
 from .runtime import ModelVersion
 from .state import ServerState
-from .tensors import DATATYPE, batch_limit, class_count, decode_input, encode_output
+from .tensors import DATATYPE, class_count, decode_input, encode_output
 
 SERVER_NAME = "edgecnn"
 # model_repository is not listed: RepositoryIndex answers, but load/unload (model control) is not offered.
@@ -60,7 +60,7 @@ class KServeServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             versions=[v.version_str for v in self.state.registry.versions_of(mv.name)],
             platform=repo.PLATFORM,
         )
-        batch = -1 if batch_limit(mv) > 1 else 1
+        batch = -1 if mv.max_batch_size > 0 else 1  # as Triton: a batch dimension when max_batch_size > 0
         response.inputs.add(name=mv.input_name, datatype=DATATYPE, shape=[batch, *mv.input_shape])
         response.outputs.add(name=mv.output_name, datatype=DATATYPE, shape=[batch, mv.num_classes])
         return response

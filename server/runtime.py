@@ -63,6 +63,8 @@ class ModelVersion:
     max_batch_size: int  # 0: the model takes no batching (one request per run)
     max_queue_delay_us: int
     verification: Verification
+    # False when neither the ONNX metadata nor labels.txt names the classes (labels are "0".."N-1").
+    has_labels: bool = True
     # Median seconds of a warm batch-1 run, measured at load (decides inline vs worker thread).
     batch1_s: float = math.nan
     # CUDA: one session per batch size bucket, so no session sees its input shape change (shapes.py).
@@ -213,7 +215,8 @@ def load_version(
     labels = meta.get(repo.Meta.LABELS) or repo.read_labels(entry.model_dir)
     outputs = session.get_outputs()
     num_classes = outputs[0].shape[-1] if isinstance(outputs[0].shape[-1], int) else len(labels)
-    if not labels:
+    has_labels = bool(labels)
+    if not has_labels:
         labels = [str(i) for i in range(num_classes)]
     if num_classes != len(labels):
         raise StartupError(f"{path}: the model has {num_classes} outputs but {len(labels)} labels")
@@ -250,6 +253,7 @@ def load_version(
         max_batch_size=max(batch, 0),
         max_queue_delay_us=max(delay, 0),
         verification=_read_verification(entry.verification_path),
+        has_labels=has_labels,
     )
     if (provider == CUDA if fixed_shapes is None else fixed_shapes) and mv.max_batch_size > 1:
         mv.shape_buckets = _open_buckets(mv, threads, providers)

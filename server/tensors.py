@@ -78,12 +78,10 @@ def class_count(request: inference_pb2.ModelInferRequest, mv: ModelVersion) -> i
             raise InvalidArgument(f"output {wanted.name!r}: unsupported parameters {unknown}; expected only {CLASSIFICATION!r}")
         if CLASSIFICATION in wanted.parameters:
             param = wanted.parameters[CLASSIFICATION]
-            count = param.int64_param if param.WhichOneof("parameter_choice") == "int64_param" else -1
-            if not 1 <= count <= mv.num_classes:
-                raise InvalidArgument(
-                    f"output {wanted.name!r}: parameter {CLASSIFICATION!r} must be an int64 between 1 and {mv.num_classes}"
-                )
-    return count
+            count = param.int64_param if param.WhichOneof("parameter_choice") == "int64_param" else 0
+            if count < 1:
+                raise InvalidArgument(f"output {wanted.name!r}: parameter {CLASSIFICATION!r} must be a positive int64")
+    return min(count, mv.num_classes)  # as Triton: asking for more classes than there are gives them all
 
 
 def encode_output(
@@ -92,20 +90,21 @@ def encode_output(
     response = inference_pb2.ModelInferResponse(model_name=mv.name, model_version=mv.version_str, id=request.id)
     if top_k:
         response.outputs.add(name=mv.output_name, datatype="BYTES", shape=[len(logits), top_k])
-        response.raw_output_contents.append(_classification_bytes(logits, top_k, mv.labels))
+        response.raw_output_contents.append(_classification_bytes(logits, top_k, mv.labels if mv.has_labels else None))
     else:
         response.outputs.add(name=mv.output_name, datatype=DATATYPE, shape=logits.shape)
         response.raw_output_contents.append(np.ascontiguousarray(logits, dtype="<f4").tobytes())
     return response
 
 
-def _classification_bytes(logits: np.ndarray, top_k: int, labels: list[str]) -> bytes:
-    """Triton's classification output: per row the top_k "value:index:label" strings, highest
-    first, as a BYTES tensor (each element a 4-byte little-endian length, then the bytes)."""
+def _classification_bytes(logits: np.ndarray, top_k: int, labels: list[str] | None) -> bytes:
+    """Triton's classification output: per row the top_k "value:index:label" strings ("value:index"
+    for a model without labels), highest first, as a BYTES tensor (each element a 4-byte
+    little-endian length, then the bytes)."""
     top = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
     parts = []
     for row, indices in zip(logits, top):
         for i in indices:
-            element = f"{row[i]:f}:{i}:{labels[i]}".encode()
+            element = (f"{row[i]:f}:{i}" + (f":{labels[i]}" if labels else "")).encode()
             parts += [struct.pack("<I", len(element)), element]
     return b"".join(parts)

@@ -188,6 +188,19 @@ def test_tritonclient_classification_extension(server, repository, fashion):
         assert [int(index) for _, index, _ in parsed] == list(np.argsort(-logits)[:3])
         assert [label for _, _, label in parsed] == [fashion["classes"][int(index)] for _, index, _ in parsed]
         np.testing.assert_allclose([float(value) for value, _, _ in parsed], np.sort(logits)[::-1][:3], atol=1e-5)
+    # As Triton: more classes than the model has gives them all.
+    everything = client.infer("lenet5", [tensor], model_version="1", outputs=[tritonclient_grpc.InferRequestedOutput("logits", class_count=50)])
+    assert everything.as_numpy("logits").shape == (4, 10)
+
+
+def test_classification_of_a_model_without_labels_is_value_and_index():
+    from edgecnn.server.tensors import _classification_bytes
+
+    logits = np.array([[0.5, 2.0, -1.0]], np.float32)
+    encoded = _classification_bytes(logits, 2, None)
+    first = struct.unpack("<I", encoded[:4])[0]
+    assert encoded[4 : 4 + first] == b"2.000000:1" and encoded.endswith(b"0.500000:0")
+    assert b"2.000000:1:b" in _classification_bytes(logits, 1, ["a", "b", "c"])
 
 
 def test_model_config_shows_dynamic_batching_only_when_on(server):
@@ -354,10 +367,10 @@ def _bad_requests(x: np.ndarray) -> list[tuple[str, inference_pb2.ModelInferRequ
     both = infer_request("lenet5", x)
     both.inputs[0].contents.fp32_contents.extend(x.ravel().tolist())
     cases.append(("raw and typed", both, grpc.StatusCode.INVALID_ARGUMENT, "both raw_input_contents and contents"))
-    for count in (0, 11):
+    for count in (0, -3):
         top = infer_request("lenet5", x)
         top.outputs.add(name="logits").parameters["classification"].int64_param = count
-        cases.append((f"class_count {count}", top, grpc.StatusCode.INVALID_ARGUMENT, "between 1 and 10"))
+        cases.append((f"class_count {count}", top, grpc.StatusCode.INVALID_ARGUMENT, "must be a positive int64"))
     unknown = infer_request("lenet5", x)
     unknown.outputs.add(name="logits").parameters["binary_data"].bool_param = True
     cases.append(("output parameter", unknown, grpc.StatusCode.INVALID_ARGUMENT, "unsupported parameters ['binary_data']"))
@@ -646,10 +659,8 @@ class HeldServer:
 def held_server(repository, fashion, monkeypatch, **overrides):
     """A server whose lenet5 v1 batcher (dynamic batching on) has every in-flight place taken by
     a held batch, so the next request waits in the queue; the gate opens when the block ends."""
-    settings = Settings(
-        repository=repository["dir"], host="127.0.0.1", port=0, metrics_port=None, device="cpu",
-        max_queue_delay_us=300_000, max_batch_size=64, **overrides,
-    )
+    fields = {"max_queue_delay_us": 300_000, "max_batch_size": 64, **overrides}
+    settings = Settings(repository=repository["dir"], host="127.0.0.1", port=0, metrics_port=None, device="cpu", **fields)
     with ServerThread(settings) as running, grpc.insecure_channel(running.address) as ch:
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(ch)
         request = infer_request("lenet5", fashion["x"][:1], version="1")
@@ -693,14 +704,17 @@ def test_expired_requests_leave_the_queue_at_once(repository, fashion, monkeypat
         assert queued.result().outputs and all(b.result().outputs for b in held.blockers)
 
 
-def test_shutdown_fails_queued_requests_when_the_grace_ends(repository, fashion, monkeypatch):
+@pytest.mark.parametrize("delay_us", [300_000, 0], ids=["batching-on", "batching-off"])
+def test_shutdown_fails_queued_requests_when_the_grace_ends(repository, fashion, monkeypatch, delay_us):
     """Requests still queued when the grace period ends get UNAVAILABLE (retry elsewhere) and
-    the stop returns, instead of waiting for the whole queue past the grace."""
-    with held_server(repository, fashion, monkeypatch) as held:
+    the stop returns, instead of waiting for the whole queue past the grace; with batching off
+    they wait in the worker threads' queue."""
+    with held_server(repository, fashion, monkeypatch, max_queue_delay_us=delay_us) as held:
+        assert held.batcher.batching == (delay_us > 0)
         queued = []
         for i in range(5):
             queued.append(held.stub.ModelInfer.future(held.request, timeout=TIMEOUT))
-            wait_until(lambda: len(held.batcher._pending) == i + 1, f"request {i + 1} queued behind the held batches")
+            wait_until(lambda: held.running.server.state.inflight == held.batcher.max_in_flight + i + 1, f"request {i + 1} queued")
         started = time.monotonic()
         held.running.stop(grace_s=0.3)
         took = time.monotonic() - started

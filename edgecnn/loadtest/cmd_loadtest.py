@@ -180,4 +180,6 @@ def _write_outputs(report: dict[str, Any], args: argparse.Namespace) -> int:
 def _one_line(text: str) -> str:
     """A multi-line reason (a client process's traceback) as its first and last lines."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return "no reason given"
     return lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}: {lines[-1]}"

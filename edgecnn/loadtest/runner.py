@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
@@ -139,7 +140,9 @@ class PlanRun:
             return None
         if isinstance(self.stopped_by, KeyboardInterrupt):
             return "interrupted (Ctrl-C)"
-        return str(self.stopped_by)
+        if isinstance(self.stopped_by, RuntimeError) and str(self.stopped_by):  # a failed client process, its traceback inside
+            return str(self.stopped_by)
+        return "".join(traceback.format_exception(self.stopped_by))  # unexpected: keep where it came from
 
 
 def run_plan(plan: Plan, progress: TextIO | None = sys.stderr, on_step: Callable[[StepResult], None] | None = None) -> PlanRun:
@@ -158,7 +161,7 @@ def run_plan(plan: Plan, progress: TextIO | None = sys.stderr, on_step: Callable
             run.steps.append(step)
             if on_step:
                 on_step(step)
-    except (KeyboardInterrupt, RuntimeError) as exc:  # the pool reports a failed process as RuntimeError
+    except (KeyboardInterrupt, Exception) as exc:  # the pool reports a failed process as RuntimeError
         run.stopped_by = exc
     finally:
         if pool:
