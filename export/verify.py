@@ -11,7 +11,6 @@ images when the dataset is found. Gates:
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from edgecnn.export.data import Images, dataset_images, random_inputs, run_data_
 from edgecnn.export.metadata import read_metadata
 from edgecnn.export.runtime import make_session, run_batched
 from edgecnn.export.source import first_line, load_source
+from edgecnn.files import write_text_atomic
 from edgecnn.repository import Meta
 from edgecnn.training.checkpoint import file_sha256
 
@@ -231,10 +231,7 @@ def verify_onnx(
 
 def write_report(report: dict[str, Any], path: Path) -> None:
     """Atomically: a served version's verification.json is never seen half written."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(partial, path)
+    write_text_atomic(path, json.dumps(report, indent=2) + "\n")
 
 
 def format_report(report: dict[str, Any]) -> str:

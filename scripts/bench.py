@@ -38,6 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without an install too
 
+from edgecnn.files import write_text_atomic  # noqa: E402
 from edgecnn.loadtest.cmd_loadtest import positive_ints  # noqa: E402
 from edgecnn.loadtest.stats import new_histogram, pool_steps, record_seconds  # noqa: E402
 from edgecnn.server.child import ChildProcess  # noqa: E402
@@ -542,9 +543,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_json(results: dict, path: Path) -> None:
     """Whole or not at all: a crash while writing leaves the previous file."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(results, indent=2) + "\n")
 
 
 def write_report(results: dict, out: Path, log) -> None:

@@ -27,7 +27,7 @@ from edgecnn.export.metadata import CALIBRATION_KEY
 from edgecnn.export.onnx_export import export_run
 from edgecnn.export.runtime import make_session, run_batched
 from edgecnn.export.untrained import fixed_seed_run
-from edgecnn.export.verify import torch_logits
+from edgecnn.export.verify import Thresholds, compare, torch_logits
 from edgecnn.training.checkpoint import load_checkpoint
 
 VARIANTS = ("none", "int8", "fp16")
@@ -45,6 +45,7 @@ class Variant:
     size_bytes: int
     latency_ms: dict[int, float]  # batch size -> median milliseconds per call
     accuracy: float | None
+    drop_points: float | None  # PyTorch FP32 accuracy minus this variant's, from counts (export/verify.compare)
     calibration: str | None
 
 
@@ -58,9 +59,7 @@ class ModelResult:
     variants: dict[str, Variant]
 
     def drop(self, q: str) -> float | None:
-        acc = self.variants[q].accuracy
-        # Rounded: as fractions, a drop of exactly 1 point came out as 1.0000000000000009.
-        return None if acc is None or self.torch_accuracy is None else round(100 * (self.torch_accuracy - acc), 9)
+        return self.variants[q].drop_points
 
 
 def median_latencies_ms(
@@ -99,9 +98,8 @@ def measure_run(
     shape = [int(v) for v in meta["input_shape"]]
     name = f"{meta['model']}-{meta['dataset']}"
     test, why = dataset_images(meta["dataset"], "test", None, shape, run_data_dir(run_dir))
+    expected = torch_logits(model, test.x) if test is not None else None
     torch_accuracy = None
-    if test is not None:
-        torch_accuracy = float((torch_logits(model, test.x).argmax(1) == test.labels).mean())
     variants: dict[str, Variant] = {}
     sessions: dict[str, ort.InferenceSession] = {}
     for q in VARIANTS:
@@ -111,11 +109,12 @@ def measure_run(
         )
         path = exported.onnx_path
         sessions[q] = make_session(path, threads)  # one per variant: accuracy and both batch sizes
-        accuracy = None
+        accuracy = drop = None
         if test is not None:
-            accuracy = float((run_batched(sessions[q], test.x).argmax(1) == test.labels).mean())
+            c = compare("test", test.source, expected, run_batched(sessions[q], test.x), test.labels, Thresholds())
+            torch_accuracy, accuracy, drop = c.torch_accuracy, c.onnx_accuracy, c.accuracy_drop_points
         props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
-        variants[q] = Variant(q, path.stat().st_size, {}, accuracy, props.get(CALIBRATION_KEY))
+        variants[q] = Variant(q, path.stat().st_size, {}, accuracy, drop, props.get(CALIBRATION_KEY))
     for batch in (1, 32):
         for q, ms in median_latencies_ms(sessions, shape, batch).items():
             variants[q].latency_ms[batch] = ms

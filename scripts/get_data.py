@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import sys
 
-from edgecnn.training.datasets import DatasetNotFoundError, download_dataset, download_root, locate
+from edgecnn.training.datasets import locate_or_download
 
 NAME = "fashion-mnist"
 
 
 def main() -> int:
     try:
-        print(f"Fashion-MNIST: {locate(NAME)}")
-    except DatasetNotFoundError:
-        print(f"Fashion-MNIST: downloading through torchvision into {download_root(NAME)}")
-        try:
-            print(f"Fashion-MNIST: {download_dataset(NAME, download_root(NAME))}")
-        except Exception as exc:  # noqa: BLE001 - offline, a proxy, ...: one line, not a traceback
-            print(f"Fashion-MNIST: download failed ({type(exc).__name__}: {exc})", file=sys.stderr)
-            return 1
+        print(f"Fashion-MNIST: {locate_or_download(NAME, download=True)}")
+    except Exception as exc:  # noqa: BLE001 - offline, a proxy, ...: one line, not a traceback
+        print(f"Fashion-MNIST: not found, and the torchvision download failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 1
     return 0
 
 

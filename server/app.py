@@ -152,17 +152,19 @@ class InferenceServer:
         self.metrics.ready.set(0)
         if self._health is not None:
             await self._health.drain()
-        while self.state.inflight > 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
+        await self._wait_for_inflight(deadline)
         if self.state.inflight:
             log.warning("grace period over with %d requests still in flight", self.state.inflight)
         for batcher in self.state.batchers.values():
             await batcher.stop(deadline)
         # The requests a batcher just failed answer UNAVAILABLE before their streams are closed.
-        settle = time.monotonic() + SETTLE_S
-        while self.state.inflight > 0 and time.monotonic() < max(deadline, settle):
-            await asyncio.sleep(0.005)
+        await self._wait_for_inflight(max(deadline, time.monotonic() + SETTLE_S))
         await self._close(max(0.0, deadline - time.monotonic()))
+
+    async def _wait_for_inflight(self, until: float) -> None:
+        """Until no request is in flight, or the time.monotonic() `until`."""
+        while self.state.inflight > 0 and time.monotonic() < until:
+            await asyncio.sleep(0.005)
 
     async def _close(self, grace: float = 0.0) -> None:
         if self._server is not None:

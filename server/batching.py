@@ -75,8 +75,8 @@ class Batcher:
         self._pending_rows = 0
         self._running = 0  # batches on or queued for worker threads
         self._scheduled = False  # a dispatch is queued on the loop (gathers same-tick arrivals)
-        self._waiting = 0  # requests queued or running, for the off path's queue bound
-        self._direct: set[asyncio.Future] = set()  # the off path's calls handed to the executor
+        # The off path's calls handed to the executor, queued or running (its queue bound counts them).
+        self._direct: set[asyncio.Future] = set()
         self._stopped = False  # the grace is over: calls cut short answer UNAVAILABLE
         self._queue_full = (
             f"model {mv.name!r} version {mv.version}: queue full ({max_queue} requests waiting); retry later"
@@ -106,7 +106,7 @@ class Batcher:
 
     async def infer(self, x: np.ndarray) -> np.ndarray:
         """Logits for x: float32 (N, C, H, W), N within the model's max batch size."""
-        if not self._pending and runs_inline(len(x) * self.mv.batch1_s, self.inline_max_s, self._running + self._waiting):
+        if not self._pending and runs_inline(len(x) * self.mv.batch1_s, self.inline_max_s, self._running + len(self._direct)):
             # Nothing to merge with, and no worker thread to hand over to: run now, on the loop.
             self._metrics.queue_wait.observe(0.0)
             return self._timed_compute(x)
@@ -138,9 +138,8 @@ class Batcher:
         self._metrics.queue_depth.dec()
 
     async def _infer_direct(self, x: np.ndarray) -> np.ndarray:
-        if self._waiting >= self._max_queue:
+        if len(self._direct) >= self._max_queue:
             raise QueueFull(self._queue_full)
-        self._waiting += 1
         call = asyncio.get_running_loop().run_in_executor(self._executor, self._timed_run, x, perf_counter())
         self._direct.add(call)
         try:
@@ -151,7 +150,6 @@ class Batcher:
                 raise self._shutting_down() from None
             raise
         finally:
-            self._waiting -= 1
             self._direct.discard(call)
 
     def _timed_run(self, x: np.ndarray, enqueued: float) -> np.ndarray:

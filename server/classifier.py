@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-import numpy as np
 
 from edgecnn.protos import classifier_pb2, classifier_pb2_grpc
 
@@ -13,7 +12,7 @@ from .calls import Call, rpc
 from .errors import InvalidArgument
 from .images import has_encoded, images_to_batch, softmax
 from .state import ServerState
-from .tensors import batch_limit
+from .tensors import batch_limit, top_classes
 
 
 def _version(request) -> str:
@@ -37,9 +36,8 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             x = images_to_batch(request.images, mv)
         scores = softmax(await self.state.batcher(mv).infer(x))
         k = min(max(request.top_k, 1), mv.num_classes)
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         response = classifier_pb2.ClassifyResponse(model=mv.name, version=mv.version)
-        for row, indices in zip(scores, top):
+        for row, indices in zip(scores, top_classes(scores, k)):
             result = response.results.add()
             for i in indices:
                 result.predictions.add(label=mv.labels[i], index=int(i), score=float(row[i]))

@@ -97,13 +97,17 @@ def encode_output(
     return response
 
 
+def top_classes(values: np.ndarray, k: int) -> np.ndarray:
+    """Per row the indices of the k highest values, highest first (ties: the lower index)."""
+    return np.argsort(-values, axis=1, kind="stable")[:, :k]
+
+
 def _classification_bytes(logits: np.ndarray, top_k: int, labels: list[str] | None) -> bytes:
     """Triton's classification output: per row the top_k "value:index:label" strings ("value:index"
     for a model without labels), highest first, as a BYTES tensor (each element a 4-byte
     little-endian length, then the bytes)."""
-    top = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
     parts = []
-    for row, indices in zip(logits, top):
+    for row, indices in zip(logits, top_classes(logits, top_k)):
         for i in indices:
             element = (f"{row[i]:f}:{i}" + (f":{labels[i]}" if labels else "")).encode()
             parts += [struct.pack("<I", len(element)), element]

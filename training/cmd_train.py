@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
+from edgecnn.checks import is_non_negative, is_positive
 from edgecnn.training.datasets import DATASETS, DatasetNotFoundError
 from edgecnn.training.models import MODELS
 
@@ -41,12 +41,12 @@ def _bad_number(args: argparse.Namespace) -> str | None:
         ("--epochs", args.epochs, args.epochs >= 1),
         ("--batch-size", args.batch_size, args.batch_size >= 1),
         ("--limit", args.limit, args.limit is None or args.limit >= 1),
-        ("--lr", args.lr, math.isfinite(args.lr) and args.lr > 0),
-        ("--weight-decay", args.weight_decay, math.isfinite(args.weight_decay) and args.weight_decay >= 0),
+        ("--lr", args.lr, is_positive(args.lr)),
+        ("--weight-decay", args.weight_decay, is_non_negative(args.weight_decay)),
         ("--label-smoothing", args.label_smoothing, 0 <= args.label_smoothing < 1),
         ("--threads", args.threads, args.threads >= 0),
         ("--crop-padding", args.crop_padding, args.crop_padding is None or args.crop_padding >= 0),
-        ("--width-mult", args.width_mult, args.width_mult is None or (math.isfinite(args.width_mult) and args.width_mult > 0)),
+        ("--width-mult", args.width_mult, args.width_mult is None or is_positive(args.width_mult)),
     ]
     bad = [f"{flag} {value}" for flag, value, ok in checks if not ok]
     if not bad:

@@ -246,12 +246,7 @@ def load_split(
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     info = get_info(name)
-    try:
-        folder = locate(name, data_dir)
-    except DatasetNotFoundError:
-        if not download:
-            raise
-        folder = download_dataset(name, download_root(name, data_dir))
+    folder = locate_or_download(name, data_dir, download)
     if name == "cifar10":
         images, labels = _read_cifar_batches(folder, CIFAR_FILES[split])
     else:
@@ -271,6 +266,16 @@ def load_split(
         images, labels = images[:limit], labels[:limit]
     # A copy: frombuffer arrays are read-only, and torch wants writable memory.
     return Split(name, split, np.array(images, order="C"), labels, list(info.classes), info.mean, info.std)
+
+
+def locate_or_download(name: str, data_dir: str | os.PathLike | None = None, download: bool = False) -> Path:
+    """The dataset's folder (locate); when it is not found and `download`, fetched first."""
+    try:
+        return locate(name, data_dir)
+    except DatasetNotFoundError:
+        if not download:
+            raise
+        return download_dataset(name, download_root(name, data_dir))
 
 
 def download_dataset(name: str, root: Path) -> Path:

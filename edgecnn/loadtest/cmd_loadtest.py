@@ -21,7 +21,7 @@ from edgecnn.client.channel import add_connection_args, channel_credentials, par
 from edgecnn.client.client import ClientError
 from edgecnn.client.messages import INPUT_NAME
 
-from .checks import NON_NEGATIVE_SECONDS, POSITIVE_RATE, POSITIVE_SECONDS, is_non_negative, is_positive
+from edgecnn.checks import NON_NEGATIVE_SECONDS, POSITIVE_RATE, POSITIVE_SECONDS, is_non_negative, is_positive
 from .plot import PlotUnavailable, check_plot_path, plot_latency
 from .report import build_report, format_table, saturation_warnings, write_csv, write_json
 from .runner import Plan, run_plan

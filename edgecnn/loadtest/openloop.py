@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from time import perf_counter
 
 from .calls import Call, Recorder, measured_window, send
-from .checks import POSITIVE_RATE, is_positive, require
+from edgecnn.checks import POSITIVE_RATE, is_positive, require
 
 
 @dataclass(frozen=True)

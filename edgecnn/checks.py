@@ -1,4 +1,4 @@
-"""Number checks shared by the plan, the open loop and the command line. NaN fails every
+"""Number checks shared by the command lines (train, loadtest) and the load test plan. NaN fails every
 comparison, so `x <= 0` alone would let it (and infinity) through."""
 
 from __future__ import annotations
