@@ -3,8 +3,9 @@
 A bare grpc.aio Open Inference Protocol server for one ONNX model: ModelInfer decodes the raw
 input tensor, runs ONNX Runtime on an executor thread and returns the raw logits. No
 validation, metrics, auth or batching; ModelMetadata exists only so the load tester can ask
-for the input shape. It prints "listening on HOST:PORT" once it accepts calls. ONNX Runtime
-gets edgecnn serve's session options, so the two differ only in the service around it.
+for the input shape. It prints "listening on HOST:PORT" once it accepts calls, after one warm-up
+call. ONNX Runtime gets edgecnn serve's session options, so the two differ only in the service
+around it.
 
     python scripts/bench_floor_server.py --model repo/lenet5/1/model.onnx --name lenet5 --port 0
 """
@@ -58,6 +59,10 @@ class FloorServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
 async def serve(args: argparse.Namespace) -> None:
     session = open_session(args.model, args.threads, providers_for(args.device))
+    # Warm up as edgecnn serve does at load: on CUDA a session's first call of a shape sets up
+    # its kernels (1.6 s for MobileNetV2 on an H100), longer than a short benchmark step.
+    spec = session.get_inputs()[0]
+    session.run(None, {spec.name: np.zeros((1, *spec.shape[1:]), dtype=np.float32)})
     server = grpc.aio.server()
     with ThreadPoolExecutor(max_workers=args.executor_threads) as executor:
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(FloorServicer(args.name, session, executor), server)

@@ -165,3 +165,25 @@ def test_results_are_saved_after_every_finished_leg(bench, tmp_path, monkeypatch
     saved = json.loads((workdir / "results.json").read_text())
     assert list(saved["servers"]) == ["lenet5"] and set(saved["servers"]["lenet5"]) == set(bench.SERVERS)
     assert [p.name for p in workdir.iterdir()] == ["results.json"]  # no temporary file left behind
+
+
+def test_floor_server_answers_as_onnx_runtime_after_its_warm_up(bench, served_repository, tmp_path):
+    """The bench's floor server starts (its warm-up call included) and answers with the session's logits."""
+    import numpy as np
+    import onnxruntime as ort
+    import tritonclient.grpc as tritonclient_grpc
+
+    from tests.servers import MODEL
+
+    model = bench.BenchModel(MODEL, served_repository.dir, served_repository.onnx, 0, (1, 28, 28), "test")
+    cmd, ready = bench.server_command("floor", model, threads=1, delay_us=0, device="cpu")
+    log = tmp_path / "floor.log"
+    with bench.running(cmd, ready, log) as address:
+        client = tritonclient_grpc.InferenceServerClient(url=address)
+        assert list(client.get_model_metadata(MODEL).inputs[0].shape) == [-1, 1, 28, 28]
+        x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+        tensor = tritonclient_grpc.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        got = client.infer(MODEL, [tensor]).as_numpy("logits")
+    session = ort.InferenceSession(str(served_repository.onnx), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(got, session.run(None, {"input": x})[0], rtol=1e-5, atol=1e-6)
