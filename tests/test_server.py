@@ -483,7 +483,7 @@ def test_deadline_is_honoured(server, infer_stub, fashion, monkeypatch):
 def test_concurrent_requests_are_batched_with_unchanged_results(server, infer_stub, repository, fashion, monkeypatch):
     batcher = server.server.state.batchers[("lenet5-batched", 1)]
     gate = Gate(batcher, monkeypatch)
-    # Two batches in flight, as on a 1-CPU machine: with one per CPU (16 on a GPU machine) each request had its own.
+    # Two batches in flight: with two per worker thread (32 on the 16-CPU GPU machine) each request had a batch of its own.
     monkeypatch.setattr(batcher, "max_in_flight", 2)
     before = scrape(server)
     xs = [fashion["x"][i : i + 1 + i % 3] for i in range(12)]
