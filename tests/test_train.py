@@ -1,4 +1,6 @@
+import io
 import json
+import sys
 
 import pytest
 import torch
@@ -147,3 +149,21 @@ def test_swapped_idx_files_are_a_clear_error(tmp_path, tiny_mnist_dir, capsys):
     assert code == 2
     assert "swapped" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_bars_on_a_terminal_only(tmp_path, tiny_mnist_dir, monkeypatch, capsys, terminal):
+    if terminal:
+        monkeypatch.setattr(sys, "stderr", _Terminal())
+    argv = ["train", "lenet5", "--dataset", "fashion-mnist", "--data-dir", str(tiny_mnist_dir), "--epochs", "1",
+            "--limit", "64", "--batch-size", "32", "--device", "cpu", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    err = sys.stderr.getvalue() if terminal else captured.err
+    assert ("epoch 1/1: 100%" in err) == terminal, err  # the bar; a log file gets none
+    assert "epoch 1: train loss" in captured.out + err  # the epoch's summary line, either way

@@ -32,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop-padding", type=int, help="crop-flip: pixels of zero padding (default side/8)")
     parser.add_argument("--width-mult", type=float, help="MobileNetV2 width multiplier")
     parser.add_argument("--out", help="run directory (default runs/<model>-<dataset>)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (they show on a terminal only)")
 
 
 def _bad_number(args: argparse.Namespace) -> str | None:

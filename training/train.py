@@ -175,7 +175,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model.train()
         order = torch.randperm(len(train_split), generator=generator)
         running_loss, seen, correct = 0.0, 0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=True)
+        # disable=None: bars on a terminal only; in a log file they would be one \r-joined line per update.
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", disable=None if cfg.progress else True, leave=True)
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             batch = images[idx]
