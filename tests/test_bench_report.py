@@ -167,7 +167,7 @@ def test_results_are_saved_after_every_finished_leg(bench, tmp_path, monkeypatch
     assert [p.name for p in workdir.iterdir()] == ["results.json"]  # no temporary file left behind
 
 
-def test_floor_server_answers_as_onnx_runtime_after_its_warm_up(bench, served_repository, tmp_path):
+def test_floor_server_starts_and_answers_as_onnx_runtime(bench, served_repository, tmp_path):
     """The bench's floor server starts (its warm-up call included) and answers with the session's logits."""
     import numpy as np
     import onnxruntime as ort
