@@ -5,15 +5,16 @@ For LeNet-5, the CIFAR CNN and MobileNetV2 it measures
   (b) scripts/bench_floor_server.py, a bare grpc.aio Open Inference Protocol server (the floor
       of a Python gRPC service: decode, run, encode; nothing else),
   (c) `edgecnn serve` with dynamic batching off, and (d) on,
-with the same client (`edgecnn loadtest`, KServe V2 ModelInfer, batch 1) over the same
-concurrency sweep, and writes docs/benchmarks.md and docs/benchmarks.png. Every server loads
-only the model under test (one repository per model). The three servers of a model are measured
-in interleaved rounds (the order rotating each round, a fresh server process each time), so a
-neighbour's burst or a drift of the machine hits all three alike; each step pools its rounds.
+with the same client (the `edgecnn loadtest` library, KServe V2 ModelInfer, batch 1) over the
+same concurrency sweep, and writes docs/benchmarks.md and docs/benchmarks.png. Every server
+loads only the model under test (one repository per model). The three servers of a model run
+side by side, fresh processes each round, and every step is measured in short slices that
+alternate between them (measure_servers), so a neighbour's burst or a drift of the machine hits
+all three alike; each step pools its slices and rounds.
 Where a CUDA GPU is usable (nvidia-smi and ONNX Runtime's CUDAExecutionProvider), every leg runs
 again with --device cuda. Timing goals are reported as met / not met, never asserted.
 
-    python scripts/bench.py            # ~15 minutes on 2 cores
+    python scripts/bench.py            # ~25 minutes on 2 cores
     python scripts/bench.py --quick    # ~2 minutes: one round of 1 s steps
 """
 
@@ -29,8 +30,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,10 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without an install too
 
 from edgecnn.files import write_text_atomic  # noqa: E402
 from edgecnn.loadtest.cmd_loadtest import positive_ints  # noqa: E402
+from edgecnn.loadtest.runner import Plan, run_plan  # noqa: E402
 from edgecnn.loadtest.stats import new_histogram, pool_steps, record_seconds  # noqa: E402
+from edgecnn.loadtest.worker import WorkerPool  # noqa: E402
+from edgecnn.loadtest.workload import Target, make_payloads, model_input  # noqa: E402
 from edgecnn.server.child import ChildProcess  # noqa: E402
 from edgecnn.server.cmd_serve import READY_LINE  # noqa: E402
 from edgecnn.server.device import cuda_usable, providers_for  # noqa: E402
@@ -175,36 +179,53 @@ def running(cmd: list[str], ready: str, log_path: Path) -> Iterator[str]:
         yield f"127.0.0.1:{child.match.group(2)}"
 
 
-def pool_rounds(reports: list[dict]) -> dict:
-    """The loadtest reports of one server's rounds as one report whose steps pool the rounds."""
-    steps = [pool_steps([r["steps"][i] for r in reports]) for i in range(len(reports[0]["steps"]))]
-    return {**reports[0], "rounds": len(reports), "steps": steps}
+def rotated(kinds: list[str], turn: int) -> list[str]:
+    return kinds[turn % len(kinds) :] + kinds[: turn % len(kinds)]
 
 
 def measure_servers(model: BenchModel, device: str, args: argparse.Namespace, log) -> dict[str, dict]:
-    """`args.rounds` rounds of the sweep for every server kind, interleaved and rotated; each round
-    starts a fresh server process (so one process's luck with memory placement is averaged out)."""
-    kinds = list(SERVERS)
-    reports: dict[str, list[dict]] = {kind: [] for kind in kinds}
-    for r in range(args.rounds):
-        for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
-            log(f"{model.name}: {SERVERS[kind]} ({device}), round {r + 1}/{args.rounds}")
-            cmd, ready = server_command(kind, model, args.threads, args.batch_delay_us, device)
-            stem = args.workdir / f"{model.name}-{kind}-{device}-round{r + 1}"
-            with running(cmd, ready, stem.with_suffix(".log")) as address:
-                reports[kind].append(loadtest(address, model.name, args, stem.with_suffix(".json")))
-    return {kind: pool_rounds(reports[kind]) for kind in kinds}
+    """`args.rounds` rounds. Each starts a fresh process of every server kind, all up together
+    (idle but for the one measured), and measures every step of the sweep in `args.slices`
+    slices per server that alternate between the servers, the order rotating each slice: the
+    machine's drift over a step hits the three alike. (Measured one after another, a whole sweep
+    each, the servers of one round were compared a minute apart, and two identical
+    configurations read 7% apart.) A step pools all its slices; its `runs` are the rounds."""
+    kinds, sweep = list(SERVERS), positive_ints(args.concurrency)
+    rounds: dict[str, dict[int, list[dict]]] = {kind: {c: [] for c in sweep} for kind in kinds}
+    with WorkerPool(args.processes) as pool:
+        for r in range(args.rounds):
+            log(f"{model.name}: {', '.join(SERVERS[k] for k in kinds)} ({device}), round {r + 1}/{args.rounds}")
+            with ExitStack() as stack:
+                plans = {}
+                for kind in kinds:
+                    cmd, ready = server_command(kind, model, args.threads, args.batch_delay_us, device)
+                    address = stack.enter_context(running(cmd, ready, args.workdir / f"{model.name}-{kind}-{device}-round{r + 1}.log"))
+                    plans[kind] = slice_plan(address, model.name, args)
+                for c in sweep:
+                    slices: dict[str, list[dict]] = {kind: [] for kind in kinds}
+                    for s in range(args.slices):
+                        for kind in rotated(kinds, r * args.slices + s):
+                            slices[kind].append(run_slice(plans[kind], c, pool))
+                    for kind in kinds:
+                        rounds[kind][c].append(pool_steps(slices[kind]))
+                    log(f"  c={c}: " + ", ".join(f"{kind} {rounds[kind][c][-1]['req_per_s']:.0f} req/s" for kind in kinds))
+    return {kind: {"tool": "edgecnn loadtest", "steps": [pool_steps(rounds[kind][c]) for c in sweep]} for kind in kinds}
 
 
-def loadtest(address: str, model: str, args: argparse.Namespace, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "edgecnn.cli", "loadtest", "--server", address, "--model", model,
-           "--concurrency", args.concurrency, "--duration", str(args.duration), "--warmup", str(args.warmup),
-           "--processes", str(args.processes), "--out", str(out), "--quiet"]  # fmt: skip
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if not out.is_file():
-        raise RuntimeError(f"edgecnn loadtest failed (exit {done.returncode}):\n{done.stderr}")
-    print(done.stdout, end="", flush=True)
-    return json.loads(out.read_text())
+def slice_plan(address: str, model: str, args: argparse.Namespace) -> Plan:
+    """One slice of a step against one server: random float32 tensors of batch 1 (KServe V2
+    ModelInfer, raw_input_contents), the concurrency set per slice."""
+    target = Target(address, model)
+    input_name, shape = model_input(target)
+    payloads = make_payloads(target, input_name, shape, batch_size=1)
+    return Plan(target, payloads, 1, duration_s=args.duration / args.slices, warmup_s=args.warmup, processes=args.processes)
+
+
+def run_slice(plan: Plan, concurrency: int, pool: WorkerPool) -> dict:
+    run = run_plan(replace(plan, concurrency=(concurrency,)), progress=None, pool=pool)
+    if run.stopped_by is not None:
+        raise RuntimeError(f"load test against {plan.target.server} stopped: {run.stop_reason}")
+    return run.steps[0].to_dict()
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -319,6 +340,32 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def _client_method(s: dict) -> list[str]:
+    """How the servers were loaded: alternating slices (`slices` in the settings), or, in
+    results written before, one whole sweep per server and round."""
+    if "slices" not in s:
+        return [
+            f"- Client: `edgecnn loadtest --api infer --batch-size 1 --concurrency {s['concurrency']} --duration "
+            f"{s['duration']} --warmup {s['warmup']} --processes {s['processes']}` (closed loop, random float32 tensors, "
+            "raw_input_contents). Latencies are end to end at the client, from HDR histograms.",
+            f"- The three servers of a model are measured in {s['rounds']} interleaved round(s), the order rotating "
+            "each round and each round starting a fresh server process; a table row pools its rounds (requests over "
+            "total time, percentiles of the merged histograms) and lists each round's req/s, which shows the "
+            "run-to-run noise.",
+        ]
+    return [
+        f"- Client: the `edgecnn loadtest` library, {s['processes']} client processes, closed loop at concurrency "
+        f"{s['concurrency']}, batch 1, random float32 tensors (KServe V2 ModelInfer, raw_input_contents). Latencies "
+        "are end to end at the client, from HDR histograms.",
+        f"- {s['rounds']} round(s). Each starts a fresh process of all three servers, up together (idle but for the "
+        f"one measured), and measures every concurrency step for {s['duration']} s per server in {s['slices']} "
+        f"slice(s) of {s['duration'] / s['slices']:g} s, each after a {s['warmup']} s warm-up, that alternate "
+        "between the servers, the order rotating each slice: drift of the machine over a step hits the three "
+        "alike. A table row pools every slice of every round (requests over total time, percentiles of the merged "
+        "histograms) and lists each round's req/s, which shows the run-to-run noise.",
+    ]
+
+
 def write_markdown(results: dict, path: Path, plot_name: str | None) -> None:
     m, s = results["machine"], results["settings"]
     out = [
@@ -355,13 +402,7 @@ def write_markdown(results: dict, path: Path, plot_name: str | None) -> None:
         "of a worker thread (server/inline.py); on the CUDA provider every call runs on a worker thread, a "
         "batching model keeps at most two batches in flight, and batches are padded to a batch size bucket "
         "with a session of its own (server/shapes.py).",
-        f"- Client: `edgecnn loadtest --api infer --batch-size 1 --concurrency {s['concurrency']} --duration "
-        f"{s['duration']} --warmup {s['warmup']} --processes {s['processes']}` (closed loop, random float32 tensors, "
-        "raw_input_contents). Latencies are end to end at the client, from HDR histograms.",
-        f"- The three servers of a model are measured in {s['rounds']} interleaved round(s), the order rotating "
-        "each round and each round starting a fresh server process; a table row pools its rounds (requests over "
-        "total time, percentiles of the merged histograms) and lists each round's req/s, which shows the "
-        "run-to-run noise.",
+        *_client_method(s),
         "",
         "## Models",
         "",
@@ -457,10 +498,12 @@ def _concurrency(text: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one round of 1 s steps, 0.5 s warm-up")
-    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds per server, pooled")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds, each with fresh server processes; pooled")
     parser.add_argument("--duration", type=float, default=4.0,
-                        help="measured seconds per step and round (at 2 s, rounds of one server varied by up to 20%%)")
-    parser.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per step")
+                        help="measured seconds per step, server and round (at 2 s, rounds of one server varied by up to 20%%)")
+    parser.add_argument("--slices", type=int, default=2,
+                        help="a step's duration is measured in this many slices per server, alternating between the servers")
+    parser.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds before each slice")
     parser.add_argument("--concurrency", type=_concurrency, default="1,4,16,64", help="the load test's sweep")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
     parser.add_argument("--devices", help="comma-separated: cpu, cuda (default: cpu, and cuda where a GPU is usable)")
@@ -477,9 +520,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.out is None:
         args.out = args.render.with_suffix(".md") if args.render else ROOT / "docs" / "benchmarks.md"
     if args.quick:
-        args.duration, args.warmup, args.rounds = 1.0, 0.5, 1
-    if args.rounds < 1:
-        parser.error(f"--rounds {args.rounds}: expected >= 1")
+        args.duration, args.warmup, args.rounds, args.slices = 1.0, 0.5, 1, 1
+    for option in ("rounds", "slices", "processes"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option} {getattr(args, option)}: expected >= 1")
+    if not args.duration > 0 or not args.warmup >= 0:
+        parser.error(f"--duration {args.duration} / --warmup {args.warmup}: expected seconds > 0 / >= 0")
     args.devices = args.devices.split(",") if args.devices else ["cpu", "cuda"] if cuda_usable() else ["cpu"]
     if set(args.devices) - {"cpu", "cuda"} or not args.devices:
         parser.error(f"--devices {','.join(args.devices)}: expected cpu and/or cuda")
@@ -514,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "quick": args.quick, "duration": args.duration, "warmup": args.warmup, "concurrency": args.concurrency,
             "threads": args.threads, "processes": args.processes, "batch_delay_us": args.batch_delay_us, "callers": callers,
-            "rounds": args.rounds,
+            "rounds": args.rounds, "slices": args.slices,
             "devices": devices,
         },  # fmt: skip
         "notes": args.note,

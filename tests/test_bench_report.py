@@ -187,3 +187,47 @@ def test_floor_server_starts_and_answers_as_onnx_runtime(bench, served_repositor
         got = client.infer(MODEL, [tensor]).as_numpy("logits")
     session = ort.InferenceSession(str(served_repository.onnx), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(got, session.run(None, {"input": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_servers_are_measured_in_alternating_slices_and_pooled_per_round(bench, tmp_path, monkeypatch):
+    """Every step: `slices` slices per server, alternating between the three, the order rotating
+    each slice; a row pools them all, and its runs are the rounds."""
+    from contextlib import contextmanager, nullcontext
+
+    from edgecnn.loadtest.stats import StepResult, WorkerResult, new_histogram
+
+    started, order = [], []
+
+    @contextmanager
+    def running(cmd, ready, log_path):
+        started.append(log_path.name)
+        yield log_path.name.split("-round")[0]
+
+    def run_slice(plan, concurrency, pool):
+        kind = plan.rsplit("-cpu", 1)[0].split("lenet5-", 1)[1]
+        order.append((kind, concurrency))
+        ok = {"floor": 100, "batching-off": 90, "batching-on": 80}[kind]
+        histogram = new_histogram()
+        histogram.record_value(1000)
+        worker = WorkerResult(histogram=histogram.encode(), ok=ok, errors={}, window_s=1.0, window_ok=ok, cpu_s=0.1, wall_s=1.0)
+        return StepResult("closed", concurrency, None, 1, [worker]).to_dict()
+
+    monkeypatch.setattr(bench, "running", running)
+    monkeypatch.setattr(bench, "WorkerPool", lambda processes: nullcontext())
+    monkeypatch.setattr(bench, "slice_plan", lambda address, model, args: address)
+    monkeypatch.setattr(bench, "run_slice", run_slice)
+    args = bench.parse_args(["--devices", "cpu", "--rounds", "2", "--slices", "2", "--concurrency", "1,4", "--workdir", str(tmp_path)])
+    model = bench.BenchModel("lenet5", tmp_path, tmp_path / "model.onnx", 1000, (1, 28, 28), "test")
+    reports = bench.measure_servers(model, "cpu", args, lambda message: None)
+
+    kinds = list(bench.SERVERS)
+    assert started == [f"lenet5-{kind}-cpu-round{r}.log" for r in (1, 2) for kind in kinds], "all three up together, fresh each round"
+    assert [kind for kind, _ in order[:6]] == kinds[0:] + kinds[1:] + kinds[:1], "round 1, c=1: slice 1 then slice 2, rotated"
+    assert [c for _, c in order] == [1] * 6 + [4] * 6 + [1] * 6 + [4] * 6
+    assert [kind for kind, _ in order[12:15]] == kinds[2:] + kinds[:2], "round 2 starts where round 1 left off"
+    for kind, report in reports.items():
+        assert [step["concurrency"] for step in report["steps"]] == [1, 4]
+        for step in report["steps"]:
+            assert len(step["runs"]) == 2, "one run per round"
+            assert step["duration_s"] == 4.0  # 2 rounds x 2 slices x 1 s
+    assert reports["floor"]["steps"][0]["req_per_s"] / reports["batching-on"]["steps"][0]["req_per_s"] == pytest.approx(100 / 80)

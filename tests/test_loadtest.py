@@ -393,3 +393,21 @@ def test_a_saturated_client_is_warned_about(monkeypatch, capsys, cpu_share, warn
     assert (warning in captured.err) is warned, captured.err
     assert ("the client may be the bottleneck: add --processes" in captured.err) is warned
     assert captured.out.splitlines()[1].endswith(f"{cpu_share:.0%}" + (" SATURATED" if warned else ""))
+
+
+def test_plans_share_a_pool_that_stays_up(served_address):
+    """The bench alternates short plans between servers in one pool of client processes."""
+    from edgecnn.loadtest.runner import run_plan
+    from edgecnn.loadtest.worker import WorkerPool
+    from edgecnn.loadtest.workload import make_payloads
+
+    target = Target(served_address, MODEL)
+    plan = Plan(target, make_payloads(target, "input", (1, 28, 28), 1), 1, (2,), duration_s=0.3, warmup_s=0.1, processes=2)
+    with WorkerPool(2) as pool:
+        for _ in range(2):  # the second plan finds the pool still up
+            run = run_plan(plan, progress=None, pool=pool)
+            assert run.stopped_by is None
+            step = run.steps[0].to_dict()
+            assert step["ok"] > 0 and step["errors"] == {} and len(step["client_cpu"]) == 2
+        with pytest.raises(ValueError, match="3 client processes given a pool of 2"):
+            run_plan(Plan(target, plan.payloads, 1, (3,), duration_s=0.3, processes=3), progress=None, pool=pool)

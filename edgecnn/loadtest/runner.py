@@ -145,13 +145,23 @@ class PlanRun:
         return "".join(traceback.format_exception(self.stopped_by))  # unexpected: keep where it came from
 
 
-def run_plan(plan: Plan, progress: TextIO | None = sys.stderr, on_step: Callable[[StepResult], None] | None = None) -> PlanRun:
+def run_plan(
+    plan: Plan,
+    progress: TextIO | None = sys.stderr,
+    on_step: Callable[[StepResult], None] | None = None,
+    pool: WorkerPool | None = None,
+) -> PlanRun:
     """Every step of the plan in turn. Ctrl-C or a failed client process stops it: the steps
-    finished by then are returned with what stopped it."""
+    finished by then are returned with what stopped it. `pool`: client processes to run the
+    steps in and leave running (a caller alternating short plans between servers), instead of
+    the plan's own."""
+    if pool is not None and pool.size < plan.processes:
+        raise ValueError(f"a plan for {plan.processes} client processes given a pool of {pool.size}")
     run = PlanRun([])
-    pool = None
+    own_pool = pool is None
     try:
-        pool = WorkerPool(plan.processes) if plan.processes > 1 else None
+        if pool is None and plan.processes > 1:
+            pool = WorkerPool(plan.processes)
         slots = pool.slots if pool else Slots(1)
         for concurrency, rate in plan.steps():
             specs = shares(plan, concurrency, time.time() + (START_SLACK_S if pool else 0.0))
@@ -164,7 +174,7 @@ def run_plan(plan: Plan, progress: TextIO | None = sys.stderr, on_step: Callable
     except (KeyboardInterrupt, Exception) as exc:  # the pool reports a failed process as RuntimeError
         run.stopped_by = exc
     finally:
-        if pool:
+        if pool and own_pool:
             pool.close()
     return run
 

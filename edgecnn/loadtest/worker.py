@@ -144,6 +144,10 @@ class WorkerPool:
                 self.close()
                 raise RuntimeError(f"load test process {index} did not start within {SPAWN_TIMEOUT_S:g} s")
 
+    @property
+    def size(self) -> int:
+        return len(self._conns)
+
     def __enter__(self) -> WorkerPool:
         return self
 
