@@ -14,7 +14,7 @@ all three alike; each step pools its slices and rounds.
 Where a CUDA GPU is usable (nvidia-smi and ONNX Runtime's CUDAExecutionProvider), every leg runs
 again with --device cuda. Timing goals are reported as met / not met, never asserted.
 
-    python scripts/bench.py            # ~25 minutes on 2 cores
+    python scripts/bench.py            # ~23 minutes on 2 cores
     python scripts/bench.py --quick    # ~2 minutes: one round of 1 s steps
 """
 
