@@ -39,12 +39,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without an install too
 
+from edgecnn.checks import is_non_negative, is_positive  # noqa: E402
 from edgecnn.files import write_text_atomic  # noqa: E402
 from edgecnn.loadtest.cmd_loadtest import positive_ints  # noqa: E402
 from edgecnn.loadtest.runner import Plan, run_plan  # noqa: E402
 from edgecnn.loadtest.stats import new_histogram, pool_steps, record_seconds  # noqa: E402
 from edgecnn.loadtest.worker import WorkerPool  # noqa: E402
-from edgecnn.loadtest.workload import Target, make_payloads, model_input  # noqa: E402
+from edgecnn.loadtest.workload import Target, make_payloads  # noqa: E402
+from edgecnn.repository import INPUT_NAME  # noqa: E402
 from edgecnn.server.child import ChildProcess  # noqa: E402
 from edgecnn.server.cmd_serve import READY_LINE  # noqa: E402
 from edgecnn.server.device import cuda_usable, providers_for  # noqa: E402
@@ -191,6 +193,8 @@ def measure_servers(model: BenchModel, device: str, args: argparse.Namespace, lo
     each, the servers of one round were compared a minute apart, and two identical
     configurations read 7% apart.) A step pools all its slices; its `runs` are the rounds."""
     kinds, sweep = list(SERVERS), positive_ints(args.concurrency)
+    # Random float32 tensors of batch 1 (KServe V2 ModelInfer, raw_input_contents), for every server.
+    payloads = make_payloads(Target("", model.name), INPUT_NAME, model.input_shape, batch_size=1)
     rounds: dict[str, dict[int, list[dict]]] = {kind: {c: [] for c in sweep} for kind in kinds}
     with WorkerPool(args.processes) as pool:
         for r in range(args.rounds):
@@ -200,25 +204,23 @@ def measure_servers(model: BenchModel, device: str, args: argparse.Namespace, lo
                 for kind in kinds:
                     cmd, ready = server_command(kind, model, args.threads, args.batch_delay_us, device)
                     address = stack.enter_context(running(cmd, ready, args.workdir / f"{model.name}-{kind}-{device}-round{r + 1}.log"))
-                    plans[kind] = slice_plan(address, model.name, args)
+                    plans[kind] = Plan(Target(address, model.name), payloads, 1, duration_s=args.duration / args.slices,
+                                       warmup_s=args.warmup, processes=args.processes)  # fmt: skip
                 for c in sweep:
-                    slices: dict[str, list[dict]] = {kind: [] for kind in kinds}
-                    for s in range(args.slices):
-                        for kind in rotated(kinds, r * args.slices + s):
-                            slices[kind].append(run_slice(plans[kind], c, pool))
-                    for kind in kinds:
-                        rounds[kind][c].append(pool_steps(slices[kind]))
+                    for kind, step in measure_step(plans, c, r, args.slices, pool).items():
+                        rounds[kind][c].append(step)
                     log(f"  c={c}: " + ", ".join(f"{kind} {rounds[kind][c][-1]['req_per_s']:.0f} req/s" for kind in kinds))
     return {kind: {"tool": "edgecnn loadtest", "steps": [pool_steps(rounds[kind][c]) for c in sweep]} for kind in kinds}
 
 
-def slice_plan(address: str, model: str, args: argparse.Namespace) -> Plan:
-    """One slice of a step against one server: random float32 tensors of batch 1 (KServe V2
-    ModelInfer, raw_input_contents), the concurrency set per slice."""
-    target = Target(address, model)
-    input_name, shape = model_input(target)
-    payloads = make_payloads(target, input_name, shape, batch_size=1)
-    return Plan(target, payloads, 1, duration_s=args.duration / args.slices, warmup_s=args.warmup, processes=args.processes)
+def measure_step(plans: dict[str, Plan], concurrency: int, round_index: int, slices: int, pool: WorkerPool) -> dict[str, dict]:
+    """One step of one round for every server: its slices, alternating, pooled per server."""
+    kinds = list(plans)
+    measured: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    for s in range(slices):
+        for kind in rotated(kinds, round_index * slices + s):
+            measured[kind].append(run_slice(plans[kind], concurrency, pool))
+    return {kind: pool_steps(steps) for kind, steps in measured.items()}
 
 
 def run_slice(plan: Plan, concurrency: int, pool: WorkerPool) -> dict:
@@ -524,7 +526,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for option in ("rounds", "slices", "processes"):
         if getattr(args, option) < 1:
             parser.error(f"--{option} {getattr(args, option)}: expected >= 1")
-    if not args.duration > 0 or not args.warmup >= 0:
+    if not (is_positive(args.duration) and is_non_negative(args.warmup)):
         parser.error(f"--duration {args.duration} / --warmup {args.warmup}: expected seconds > 0 / >= 0")
     args.devices = args.devices.split(",") if args.devices else ["cpu", "cuda"] if cuda_usable() else ["cpu"]
     if set(args.devices) - {"cpu", "cuda"} or not args.devices:

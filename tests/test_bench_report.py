@@ -204,7 +204,7 @@ def test_servers_are_measured_in_alternating_slices_and_pooled_per_round(bench, 
         yield log_path.name.split("-round")[0]
 
     def run_slice(plan, concurrency, pool):
-        kind = plan.rsplit("-cpu", 1)[0].split("lenet5-", 1)[1]
+        kind = plan.target.server.rsplit("-cpu", 1)[0].split("lenet5-", 1)[1]
         order.append((kind, concurrency))
         ok = {"floor": 100, "batching-off": 90, "batching-on": 80}[kind]
         histogram = new_histogram()
@@ -214,7 +214,6 @@ def test_servers_are_measured_in_alternating_slices_and_pooled_per_round(bench, 
 
     monkeypatch.setattr(bench, "running", running)
     monkeypatch.setattr(bench, "WorkerPool", lambda processes: nullcontext())
-    monkeypatch.setattr(bench, "slice_plan", lambda address, model, args: address)
     monkeypatch.setattr(bench, "run_slice", run_slice)
     args = bench.parse_args(["--devices", "cpu", "--rounds", "2", "--slices", "2", "--concurrency", "1,4", "--workdir", str(tmp_path)])
     model = bench.BenchModel("lenet5", tmp_path, tmp_path / "model.onnx", 1000, (1, 28, 28), "test")
