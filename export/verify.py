@@ -26,7 +26,7 @@ from edgecnn.export.data import Images, dataset_images, random_inputs, run_data_
 from edgecnn.export.metadata import read_metadata
 from edgecnn.export.runtime import make_session, run_batched
 from edgecnn.export.source import first_line, load_source
-from edgecnn.files import write_text_atomic
+from edgecnn.atomic_files import write_text_atomic
 from edgecnn.repository import Meta
 from edgecnn.training.checkpoint import file_sha256
 

@@ -40,17 +40,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without an install too
 
 from edgecnn.checks import is_non_negative, is_positive  # noqa: E402
-from edgecnn.files import write_text_atomic  # noqa: E402
+from edgecnn.atomic_files import write_text_atomic  # noqa: E402
 from edgecnn.loadtest.cmd_loadtest import positive_ints  # noqa: E402
 from edgecnn.loadtest.runner import Plan, run_plan  # noqa: E402
 from edgecnn.loadtest.stats import new_histogram, pool_steps, record_seconds  # noqa: E402
 from edgecnn.loadtest.worker import WorkerPool  # noqa: E402
 from edgecnn.loadtest.workload import Target, make_payloads  # noqa: E402
 from edgecnn.repository import INPUT_NAME  # noqa: E402
-from edgecnn.server.child import ChildProcess  # noqa: E402
+from tests.child_process import ChildProcess  # noqa: E402
 from edgecnn.server.cmd_serve import READY_LINE  # noqa: E402
 from edgecnn.server.device import cuda_usable, providers_for  # noqa: E402
-from edgecnn.server.runtime import open_session  # noqa: E402
+from edgecnn.server.sessions import open_session  # noqa: E402
 from edgecnn.server.settings import DEFAULT_INLINE_MAX_US  # noqa: E402
 from machine import cpu_model, memory_gib  # noqa: E402  (scripts/machine.py)
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from edgecnn.protos import inference_pb2, inference_pb2_grpc  # noqa: E402
 from edgecnn.server.device import providers_for  # noqa: E402
-from edgecnn.server.runtime import open_session  # noqa: E402
+from edgecnn.server.sessions import open_session  # noqa: E402
 
 
 class FloorServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):

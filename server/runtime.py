@@ -18,10 +18,11 @@ import onnxruntime as ort
 from edgecnn import repository as repo
 from edgecnn.protos import model_config_pb2
 
-from .device import CUDA, with_options
+from .device import CUDA
 from .errors import StartupError
 from .shapes import ShapeBuckets
 from .onnx_info import opset_version
+from .sessions import open_session
 
 log = logging.getLogger(__name__)
 
@@ -115,22 +116,6 @@ class ModelVersion:
                     f"{self.onnx_path}: a batch of {size} gives logits of shape {list(out.shape)}; expected [{size}, {self.num_classes}]"
                 )
         self.batch1_s = statistics.median(times)
-
-
-def open_session(path: Path | str, threads: int, providers: list[str]) -> ort.InferenceSession:
-    """A session with the settings of every served one (the benchmark's floor server and
-    in-process runs open theirs here too, so the comparison is like for like)."""
-    return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=with_options(providers))
-
-
-def session_options(threads: int) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only: no per-node placement chatter
-    return options
 
 
 def _summarize(report: dict[str, Any]) -> str:

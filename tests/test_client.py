@@ -11,7 +11,7 @@ import pytest
 
 from edgecnn.cli import main
 from edgecnn.client import ClientError, EdgeClient
-from edgecnn.client.files import InputFileError, read_image_file
+from edgecnn.client.image_files import InputFileError, read_image_file
 from tests.conftest_server import PARAMS_LENET5, fashion_test_split, png_bytes, reference_logits
 from tests.servers import MODEL, TOKEN, running_server, unused_address as free_address
 

@@ -36,7 +36,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgecnn.protos import inference_pb2, inference_pb2_grpc
-from edgecnn.server.child import ServeProcess
+from tests.child_process import ServeProcess
 from tests.servers import edgecnn_exe, serve_argv
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ import tritonclient.grpc as tritonclient_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgecnn.protos import classifier_pb2, classifier_pb2_grpc, inference_pb2, inference_pb2_grpc
-from edgecnn.server.child import ServeProcess
+from tests.child_process import ServeProcess
 from tests.conftest_server import export, fashion_test_split, png_bytes, reference_logits, write_checkpoint
 from tests.servers import serve_argv
 

@@ -13,7 +13,7 @@ from edgecnn.auth_token import token_file_option
 
 from .channel import add_connection_args
 from .client import ClientError, EdgeClient
-from .files import InputFileError, NamedImage, read_image_files
+from .image_files import InputFileError, NamedImage, read_image_files
 from .health import DEFAULT_TIMEOUT_S
 from .messages import Prediction
 

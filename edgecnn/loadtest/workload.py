@@ -14,7 +14,7 @@ import numpy as np
 from edgecnn.auth_token import auth_metadata
 from edgecnn.client.channel import open_aio_channel
 from edgecnn.client.client import EdgeClient
-from edgecnn.client.files import encode_png
+from edgecnn.client.image_files import encode_png
 from edgecnn.client.messages import CLASSIFY_METHOD, INFER_METHOD, classify_request, infer_request
 
 APIS = ("infer", "classify")

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
-from .cmd_serve import READY_LINE
+from edgecnn.server.cmd_serve import READY_LINE
 
 DEFAULT_READY_TIMEOUT_S = 120.0
 _WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]", ""}
