@@ -24,18 +24,17 @@ import grpc
 
 from edgecnn import repository as repo
 
-from . import classifier, kserve
+from . import classifier_grpc, kserve_grpc
 from .auth import TokenAuthInterceptor
-from .batching import Batcher
 from .cpus import usable_cpus
-from .device import CUDA, providers_for
-from .discovery import NOT_SERVING, SERVING, Health
+from .dataplane import DataPlane
+from .device import providers_for
 from .errors import StartupError
+from .health_reflection import NOT_SERVING, SERVING, Health
 from .metrics import Metrics
+from .model_version import ModelLoader
 from .registry import load_registry
-from .runtime import ModelVersion
 from .settings import Settings
-from .state import ServerState
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ class InferenceServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.state = ServerState(self.metrics, max_image_pixels=settings.max_image_pixels)
+        self.plane = DataPlane(self.metrics, max_image_pixels=settings.max_image_pixels)
         self.port: int | None = None
         self.metrics_port: int | None = None
         # ONNX Runtime calls that can run at once; each batcher keeps up to this many batches in flight.
@@ -77,7 +76,6 @@ class InferenceServer:
         self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="edgecnn-ort")
         self._server: grpc.aio.Server | None = None
         self._health: Health | None = None
-        self._stopped = asyncio.Event()
 
     @property
     def address(self) -> str:
@@ -99,8 +97,8 @@ class InferenceServer:
         interceptors = [TokenAuthInterceptor(s.auth_token, self.metrics)] if s.auth_token else []
         server = grpc.aio.server(interceptors=interceptors, options=_GRPC_OPTIONS)
         self._server = server
-        kserve.add_to_server(self.state, server)
-        classifier.add_to_server(self.state, server)
+        kserve_grpc.add_to_server(self.plane, server)
+        classifier_grpc.add_to_server(self.plane, server)
         self._health = Health(server)
         await self._health.set_all(names, NOT_SERVING)
         address = f"{s.host}:{s.port}"
@@ -119,51 +117,31 @@ class InferenceServer:
                 self.metrics_port = self.metrics.serve_http(s.host, s.metrics_port)
             except OSError as exc:
                 raise StartupError(f"cannot serve metrics on {s.host}:{s.metrics_port}: {exc}") from None
-        load = functools.partial(load_registry, s.repository, providers, s.threads, s.max_batch_size, s.max_queue_delay_us, s.fixed_shapes)
+        loader = ModelLoader(s, providers, self._workers)
+        load = functools.partial(load_registry, s.repository, loader)
         registry = await asyncio.get_running_loop().run_in_executor(self._executor, load)
-        self.state.registry = registry
-        for mv in registry.all():
-            batcher = Batcher(mv, self._executor, self.metrics.add_model(mv), s.max_queue, self._compute_slots(mv), self._inline_max_s(mv))
-            self.state.batchers[(mv.name, mv.version)] = batcher
-        used = sorted({mv.provider for mv in registry.all()})
-        log.info("execution provider: %s (asked for --device %s)", ", ".join(used), s.device)
-        self.state.ready = True
-        self.metrics.ready.set(1)
+        self.plane.serve(registry, self._executor)
+        log.info("execution provider: %s (asked for --device %s)", ", ".join(self.plane.providers()), s.device)
         await self._health.set_all(names, SERVING)
-
-    def _compute_slots(self, mv: ModelVersion) -> int:
-        """Compute slots of one model version (the batcher keeps two batches in flight per slot).
-        On a GPU with dynamic batching, one: at most two batches run at once and the requests
-        behind them merge into the next ones. Otherwise every worker: concurrent calls overlap (on
-        a GPU, one call's kernel launches with another's wait for the device; measured on an H100,
-        one slot served MobileNetV2 unbatched at a third of the floor's req/s)."""
-        return 1 if mv.provider == CUDA and mv.dynamic_batching else self._workers
-
-    def _inline_max_s(self, mv: ModelVersion) -> float:
-        """The inline budget (inline.py); none on a GPU, where a call mostly waits for the device
-        and, run on the loop, would stall every other request meanwhile."""
-        return 0.0 if mv.provider == CUDA else self.settings.inline_max_us * 1e-6
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new requests, let in-flight ones finish within the grace."""
         grace = self.settings.grace_s if grace_s is None else grace_s
         deadline = time.monotonic() + grace
-        self.state.draining = True
-        self.metrics.ready.set(0)
+        self.plane.start_drain()
         if self._health is not None:
             await self._health.drain()
         await self._wait_for_inflight(deadline)
-        if self.state.inflight:
-            log.warning("grace period over with %d requests still in flight", self.state.inflight)
-        for batcher in self.state.batchers.values():
-            await batcher.stop(deadline)
+        if self.plane.inflight:
+            log.warning("grace period over with %d requests still in flight", self.plane.inflight)
+        await self.plane.stop_batchers(deadline)
         # The requests a batcher just failed answer UNAVAILABLE before their streams are closed.
         await self._wait_for_inflight(max(deadline, time.monotonic() + SETTLE_S))
         await self._close(max(0.0, deadline - time.monotonic()))
 
     async def _wait_for_inflight(self, until: float) -> None:
         """Until no request is in flight, or the time.monotonic() `until`."""
-        while self.state.inflight > 0 and time.monotonic() < until:
+        while self.plane.inflight > 0 and time.monotonic() < until:
             await asyncio.sleep(0.005)
 
     async def _close(self, grace: float = 0.0) -> None:
@@ -172,10 +150,6 @@ class InferenceServer:
             self._server = None
         self.metrics.stop_http()
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._stopped.set()
-
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
 
 
 async def serve_until_signal(settings: Settings, on_ready: Callable[[InferenceServer], None] | None = None) -> int:

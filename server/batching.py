@@ -2,7 +2,8 @@
 
 Queued requests run as batches: concatenated, one ONNX Runtime call, logits scattered back in
 order; a request is never split across batches. `slots` is the number of ONNX Runtime calls
-that can compute at once (the executor's workers; one on a GPU with batching on: app.py); twice
+that can compute at once (the executor's workers; one on a GPU with batching on:
+serving_config.py); twice
 as many batches may be in flight, so that a worker finishing a batch finds the next one already
 queued instead of idling until the event loop gets round to forming it.
 
@@ -19,7 +20,8 @@ With batching off (max batch <= 1 or no delay) every request is its own ONNX Run
 
 A request runs at once on the event loop thread (inline.py) when nothing is pending and none of
 the model's batches is on a worker thread; pending requests are then taken in batches that fit
-the inline budget, one after another.
+the inline budget, one after another, yielding to the event loop between them (so that health
+checks and socket reads are not held up by a long queue of inline batches).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import numpy as np
 from .errors import QueueFull, Unavailable
 from .inline import inline_rows, runs_inline
 from .metrics import ModelMetrics
-from .runtime import ModelVersion
+from .model_version import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +55,17 @@ class _Item:
 class Batcher:
     """Runs a model version's requests; every method but _timed_compute runs on the event loop."""
 
-    def __init__(
-        self,
-        mv: ModelVersion,
-        executor: Executor,
-        metrics: ModelMetrics,
-        max_queue: int,
-        slots: int,
-        inline_max_s: float = 0.0,
-    ) -> None:
+    def __init__(self, mv: ModelVersion, executor: Executor, metrics: ModelMetrics) -> None:
+        serving = mv.serving
         self.mv = mv
         self._executor = executor
         self._metrics = metrics
-        self._max_queue = max_queue
-        self.inline_max_s = inline_max_s
-        self.max_batch = mv.max_batch_size
-        self.batching = mv.dynamic_batching
-        self.slots = max(1, slots)
-        self.max_in_flight = 2 * self.slots
+        self._max_queue = serving.max_queue
+        self.inline_max_s = serving.inline_max_s
+        self.max_batch = serving.max_batch_size
+        self.batching = serving.dynamic_batching
+        self.slots = serving.compute_slots
+        self.max_in_flight = serving.batches_in_flight
         self._pending: collections.deque[_Item] = collections.deque()
         self._pending_rows = 0
         self._running = 0  # batches on or queued for worker threads
@@ -79,7 +74,7 @@ class Batcher:
         self._direct: set[asyncio.Future] = set()
         self._stopped = False  # the grace is over: calls cut short answer UNAVAILABLE
         self._queue_full = (
-            f"model {mv.name!r} version {mv.version}: queue full ({max_queue} requests waiting); retry later"
+            f"model {mv.name!r} version {mv.version}: queue full ({self._max_queue} requests waiting); retry later"
         )
 
     async def stop(self, deadline: float) -> None:
@@ -119,9 +114,7 @@ class Batcher:
         self._pending.append(item)
         self._pending_rows += len(x)
         self._metrics.queue_depth.inc()
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._dispatch)
+        self._schedule()
         try:
             return await item.future
         except asyncio.CancelledError:  # the client's deadline passed or it went away
@@ -156,11 +149,20 @@ class Batcher:
         self._metrics.queue_wait.observe(perf_counter() - enqueued)
         return self._timed_compute(x)
 
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+
     def _dispatch(self) -> None:
-        """Start batches while requests are pending and fewer than max_in_flight run."""
+        """Start batches while requests are pending and fewer than max_in_flight run; after a
+        batch that ran inline, yield to the event loop and continue in a later callback."""
         self._scheduled = False
         while self._pending and self._running < self.max_in_flight:
-            self._start_batch()
+            if self._start_batch():
+                if self._pending:
+                    self._schedule()
+                return
 
     def _take_batch(self) -> list[_Item]:
         """The oldest pending requests: as many rows as run inline within the budget when no
@@ -186,10 +188,11 @@ class Batcher:
             rows += n
         return batch
 
-    def _start_batch(self) -> None:
+    def _start_batch(self) -> bool:
+        """Start the next batch; True when it ran inline (on the loop, now)."""
         batch = self._take_batch()
         if not batch:
-            return
+            return False
         start = perf_counter()
         for item in batch:
             self._metrics.queue_wait.observe(start - item.enqueued)
@@ -197,7 +200,7 @@ class Batcher:
             x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
         except MemoryError as exc:
             self._fail_logged(batch, exc)
-            return
+            return False
         if runs_inline(len(x) * self.mv.batch1_s, self.inline_max_s, self._running):
             try:
                 out = self._timed_compute(x)
@@ -205,14 +208,15 @@ class Batcher:
                 self._fail_logged(batch, exc)
             else:
                 self._deliver(batch, out)
-            return
+            return True
         try:
             done = asyncio.get_running_loop().run_in_executor(self._executor, self._timed_compute, x)
         except RuntimeError as exc:  # the executor is shut down
             self._fail(batch, Unavailable(f"model {self.mv.name!r} is shutting down: {exc}"))
-            return
+            return False
         self._running += 1
         done.add_done_callback(functools.partial(self._finish, batch))
+        return False
 
     def _finish(self, batch: list[_Item], done: asyncio.Future) -> None:
         self._running -= 1

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from edgecnn.protos import classifier_pb2
-
 from .errors import InvalidArgument
-from .runtime import ModelVersion
+from .model_version import ModelVersion
 from .settings import DEFAULT_MAX_IMAGE_PIXELS
-from .tensors import check_finite
+from .tensor_checks import check_finite
 
 _MODES = {1: "L", 3: "RGB"}
 # Pillow warns on opening an image of > 89M pixels; decode_image refuses those itself, before decoding.
@@ -28,6 +28,16 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 FORMATS = ("PNG", "JPEG")
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One image to classify as a front end received it: encoded file bytes, or a preprocessed
+    float32 tensor (shape and little-endian bytes); neither: an empty image."""
+
+    encoded: bytes | None = None
+    tensor_shape: tuple[int, ...] | None = None
+    tensor_data: bytes = b""
 
 
 def decode_image(data: bytes, mv: ModelVersion, what: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
@@ -55,36 +65,35 @@ def decode_image(data: bytes, mv: ModelVersion, what: str, max_pixels: int = DEF
     return (chw * mv.pixel_scale - mv.mean) / mv.std
 
 
-def decode_tensor(tensor: classifier_pb2.FloatTensor, mv: ModelVersion, what: str) -> np.ndarray:
+def decode_tensor(shape: tuple[int, ...], data: bytes, mv: ModelVersion, what: str) -> np.ndarray:
     c, h, w = mv.input_shape
-    if tuple(tensor.shape) != mv.input_shape:
-        raise InvalidArgument(f"{what}: tensor shape {list(tensor.shape)}; expected [{c}, {h}, {w}]")
-    if len(tensor.data) != mv.sample_nbytes:
+    if tuple(shape) != mv.input_shape:
+        raise InvalidArgument(f"{what}: tensor shape {list(shape)}; expected [{c}, {h}, {w}]")
+    if len(data) != mv.sample_nbytes:
         raise InvalidArgument(
-            f"{what}: tensor data holds {len(tensor.data)} bytes; expected {mv.sample_nbytes} "
+            f"{what}: tensor data holds {len(data)} bytes; expected {mv.sample_nbytes} "
             f"({c}x{h}x{w} little-endian float32)"
         )
-    x = np.frombuffer(tensor.data, dtype="<f4").reshape(mv.input_shape)
+    x = np.frombuffer(data, dtype="<f4").reshape(mv.input_shape)
     check_finite(x, what)
     return x
 
 
-def has_encoded(images) -> bool:
-    return any(image.WhichOneof("source") == "encoded" for image in images)
+def has_encoded(images: Sequence[ImageInput]) -> bool:
+    return any(image.encoded is not None for image in images)
 
 
-def images_to_batch(images, mv: ModelVersion, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+def images_to_batch(images: Sequence[ImageInput], mv: ModelVersion, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Stack Classify's images into a float32 (N, C, H, W) batch (blocking when images are encoded)."""
     if not images:
         raise InvalidArgument("no images; expected at least one encoded image or tensor")
     rows = []
     for i, image in enumerate(images):
         what = f"image {i}"
-        source = image.WhichOneof("source")
-        if source == "encoded":
+        if image.encoded is not None:
             rows.append(decode_image(image.encoded, mv, what, max_pixels))
-        elif source == "tensor":
-            rows.append(decode_tensor(image.tensor, mv, what))
+        elif image.tensor_shape is not None:
+            rows.append(decode_tensor(image.tensor_shape, image.tensor_data, mv, what))
         else:
             raise InvalidArgument(f"{what} is empty; expected encoded PNG/JPEG bytes or a float tensor")
     return np.ascontiguousarray(np.stack(rows), dtype=np.float32)

@@ -10,7 +10,7 @@ from edgecnn import repository as repo
 from edgecnn.protos import model_config_pb2
 
 from .errors import NotFound, StartupError
-from .runtime import ModelVersion, load_version
+from .model_version import ModelLoader, ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,6 @@ class ModelRegistry:
             raise NotFound(f"unknown model {name!r}; this server has: {known}")
         have = ", ".join(mv.version_str for mv in self._versions[name])
         raise NotFound(f"model {name!r} has no version {version!r}; expected one of: {have} (or empty for the latest)")
-
-    def names(self) -> list[str]:
-        return list(self._versions)
 
     def versions_of(self, name: str) -> list[ModelVersion]:
         return list(self._versions.get(name, []))
@@ -71,15 +68,8 @@ def served_versions(
     return served
 
 
-def load_registry(
-    repository: Path,
-    providers: list[str],
-    threads: int = 0,
-    max_batch_size: int | None = None,
-    max_queue_delay_us: int | None = None,
-    fixed_shapes: bool | None = None,
-) -> ModelRegistry:
-    """Open a session for every version in the repository; any failure stops the start."""
+def load_registry(repository: Path, loader: ModelLoader) -> ModelRegistry:
+    """Open a session for every served version in the repository; any failure stops the start."""
     try:
         entries = repo.list_models(repository)
     except repo.RepositoryError as exc:
@@ -95,10 +85,11 @@ def load_registry(
                 raise StartupError(str(exc)) from None
     loaded = []
     for entry in served_versions(entries, configs):
-        mv = load_version(entry, configs[entry.name], providers, threads, max_batch_size, max_queue_delay_us, fixed_shapes)
+        mv = loader.load(entry, configs[entry.name])
+        serving = mv.serving
         log.info(
             "loaded %s version %d (%s, %d params, opset %d, max batch %d, queue delay %d us, batch of 1 in %.0f us)",
-            mv.name, mv.version, mv.provider, mv.params, mv.opset, mv.max_batch_size, mv.max_queue_delay_us, mv.batch1_s * 1e6,
+            mv.name, mv.version, mv.provider, mv.params, mv.opset, serving.max_batch_size, serving.max_queue_delay_us, mv.batch1_s * 1e6,
         )
         loaded.append(mv)
     return ModelRegistry(loaded)

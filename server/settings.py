@@ -45,11 +45,6 @@ class Settings:
     # One session per batch size bucket, batches padded up to it (server/shapes.py); auto: on CUDA.
     batch_buckets: BatchBuckets = "auto"
 
-    @property
-    def fixed_shapes(self) -> bool | None:
-        """batch_buckets as load_version takes it (None: decided by the provider)."""
-        return None if self.batch_buckets == "auto" else self.batch_buckets == "on"
-
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both --tls-cert and --tls-key")

@@ -35,8 +35,8 @@ def fashion_mnist_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def served_repository(tmp_path_factory, fashion_mnist_dir):
-    """An exported LeNet-5 repository (one per test module)."""
+def served_repository(tmp_path_factory):
+    """A LeNet-5 repository built without torch (one per test module)."""
     from tests.servers import make_repository
 
     return make_repository(tmp_path_factory.mktemp("served"))

@@ -1,8 +1,8 @@
 """Running edgecnn servers for the tests (imported, not a conftest).
 
-One fixed-seed LeNet-5 (Fashion-MNIST labels and normalization) exported with the server
-tests' helpers, served in-process on a free loopback port; `edgecnn serve` as a child process;
-free loopback ports.
+One fixed-seed LeNet-5 (Fashion-MNIST labels and normalization) built without torch
+(tests/onnx_models.py), served in-process on a free loopback port; `edgecnn serve` as a child
+process; free loopback ports.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.conftest_server import export, write_checkpoint
+from tests.onnx_models import MODEL, write_version
 
-MODEL = "lenet5"
 TOKEN = "client-test-token"
 
 
@@ -52,8 +51,7 @@ class Repository:
 
 
 def make_repository(root: Path) -> Repository:
-    run = write_checkpoint(root / "run", seed=0)
-    onnx = export(run, root / "repo", MODEL, 1, max_queue_delay_us=0, max_batch_size=8)
+    onnx = write_version(root / "repo", MODEL, 1, seed=0, max_batch_size=8, max_queue_delay_us=0)
     return Repository(root / "repo", onnx)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from edgecnn.server.inline import inline_rows, runs_inline
 
 US = 1e-6

@@ -20,9 +20,11 @@ from edgecnn.protos import model_config_pb2
 
 from .device import CUDA
 from .errors import StartupError
-from .shapes import ShapeBuckets
 from .onnx_info import opset_version
+from .serving_config import ModelServing, resolve_serving
 from .sessions import open_session
+from .settings import Settings
+from .shapes import ShapeBuckets
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,7 @@ class ModelVersion:
     opset: int
     quantization: str
     test_accuracy: float
-    max_batch_size: int  # 0: the model takes no batching (one request per run)
-    max_queue_delay_us: int
+    serving: ModelServing
     verification: Verification
     # False when neither the ONNX metadata nor labels.txt names the classes (labels are "0".."N-1").
     has_labels: bool = True
@@ -85,9 +86,8 @@ class ModelVersion:
         return len(self.labels)
 
     @property
-    def dynamic_batching(self) -> bool:
-        """Requests merge into batches (Triton: a max batch size and a queue delay)."""
-        return self.max_batch_size > 1 and self.max_queue_delay_us > 0
+    def max_batch_size(self) -> int:
+        return self.serving.max_batch_size
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits for a float32 (N, C, H, W) batch; blocking (the batcher decides whether the event
@@ -177,83 +177,78 @@ def _per_channel(values: Any, channels: int, default: float, what: str, path: Pa
     return array.reshape(channels, 1, 1)
 
 
-def load_version(
-    entry: repo.ModelVersionPath,
-    config: model_config_pb2.ModelConfig,
-    providers: list[str],
-    threads: int,
-    max_batch_size: int | None,
-    max_queue_delay_us: int | None,
-    fixed_shapes: bool | None = None,
-) -> ModelVersion:
-    """fixed_shapes: one session per batch size bucket (shapes.py); default: on the CUDA provider."""
-    path = entry.onnx_path
-    try:
-        session = open_session(path, threads, providers)
-    except Exception as exc:  # ORT raises its own exception types per failure
-        raise StartupError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
-    provider = session.get_providers()[0]
-    if providers[0] == CUDA and provider != CUDA:
-        raise StartupError(f"{path}: asked for {CUDA} but ONNX Runtime fell back to {provider}")
-    meta = repo.decode_metadata(dict(session.get_modelmeta().custom_metadata_map))
-    shape = _input_shape(meta, config, session)
-    labels = meta.get(repo.Meta.LABELS) or repo.read_labels(entry.model_dir)
-    outputs = session.get_outputs()
-    num_classes = outputs[0].shape[-1] if isinstance(outputs[0].shape[-1], int) else len(labels)
-    has_labels = bool(labels)
-    if not has_labels:
-        labels = [str(i) for i in range(num_classes)]
-    if num_classes != len(labels):
-        raise StartupError(f"{path}: the model has {num_classes} outputs but {len(labels)} labels")
-    batch = config.max_batch_size if max_batch_size is None else max_batch_size
-    if max_queue_delay_us is not None:
-        delay = max_queue_delay_us
-    elif config.HasField("dynamic_batching"):
-        delay = config.dynamic_batching.max_queue_delay_microseconds
-    else:
-        delay = 0
-    _check_batch_dim(session, batch, path)
-    accuracy = meta.get(repo.Meta.TEST_ACCURACY)
-    mv = ModelVersion(
-        name=entry.name,
-        version=entry.version,
-        onnx_path=path,
-        session=session,
-        config=config,
-        provider=provider,
-        input_name=session.get_inputs()[0].name,
-        output_name=outputs[0].name,
-        input_shape=shape,
-        labels=list(labels),
-        mean=_per_channel(meta.get(repo.Meta.MEAN), shape[0], 0.0, "mean", path),
-        std=_per_channel(meta.get(repo.Meta.STD), shape[0], 1.0, "std", path),
-        pixel_scale=float(meta.get(repo.Meta.PIXEL_SCALE, DEFAULT_PIXEL_SCALE)),
-        architecture=str(meta.get(repo.Meta.MODEL, "")),
-        dataset=str(meta.get(repo.Meta.DATASET, "")),
-        params=int(meta.get(repo.Meta.PARAMS, 0)),
-        onnx_bytes=path.stat().st_size,
-        opset=opset_version(path),
-        quantization=str(meta.get(repo.Meta.QUANTIZATION, "none")),
-        test_accuracy=float(accuracy) if accuracy is not None else math.nan,
-        max_batch_size=max(batch, 0),
-        max_queue_delay_us=max(delay, 0),
-        verification=_read_verification(entry.verification_path),
-        has_labels=has_labels,
-    )
-    if (provider == CUDA if fixed_shapes is None else fixed_shapes) and mv.max_batch_size > 1:
-        mv.shape_buckets = _open_buckets(mv, threads, providers)
-    mv.warm_up()
-    return mv
+@dataclass(frozen=True)
+class ModelLoader:
+    """Opens model versions the way this server serves them."""
 
+    settings: Settings
+    providers: list[str]  # best first (device.providers_for)
+    workers: int  # the server's ONNX Runtime worker threads
 
-def _open_buckets(mv: ModelVersion, threads: int, providers: list[str]) -> ShapeBuckets:
-    """mv's session as the batch-1 bucket and a session of the same settings for every other."""
-    path = mv.onnx_path
-    try:
-        buckets = ShapeBuckets(mv.session, lambda: open_session(path, threads, providers), mv.max_batch_size, mv.input_name, mv.output_name)
-    except Exception as exc:  # e.g. out of GPU memory: every bucket holds its own copy of the weights
-        raise StartupError(f"{path}: cannot open a session per batch size bucket (--batch-buckets off avoids them): {exc}") from exc
-    fell_back = [size for size, s in buckets.sessions.items() if s.get_providers()[0] != mv.provider]
-    if fell_back:
-        raise StartupError(f"{path}: the sessions of batch size buckets {fell_back} fell back from {mv.provider}")
-    return buckets
+    def load(self, entry: repo.ModelVersionPath, config: model_config_pb2.ModelConfig) -> ModelVersion:
+        """Open, check and warm up one version; StartupError when it cannot be served."""
+        path = entry.onnx_path
+        try:
+            session = open_session(path, self.settings.threads, self.providers)
+        except Exception as exc:  # ORT raises its own exception types per failure
+            raise StartupError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
+        provider = session.get_providers()[0]
+        if self.providers[0] == CUDA and provider != CUDA:
+            raise StartupError(f"{path}: asked for {CUDA} but ONNX Runtime fell back to {provider}")
+        meta = repo.decode_metadata(dict(session.get_modelmeta().custom_metadata_map))
+        shape = _input_shape(meta, config, session)
+        labels = meta.get(repo.Meta.LABELS) or repo.read_labels(entry.model_dir)
+        outputs = session.get_outputs()
+        num_classes = outputs[0].shape[-1] if isinstance(outputs[0].shape[-1], int) else len(labels)
+        has_labels = bool(labels)
+        if not has_labels:
+            labels = [str(i) for i in range(num_classes)]
+        if num_classes != len(labels):
+            raise StartupError(f"{path}: the model has {num_classes} outputs but {len(labels)} labels")
+        serving = resolve_serving(config, self.settings, provider, self.workers)
+        _check_batch_dim(session, serving.max_batch_size, path)
+        accuracy = meta.get(repo.Meta.TEST_ACCURACY)
+        mv = ModelVersion(
+            name=entry.name,
+            version=entry.version,
+            onnx_path=path,
+            session=session,
+            config=config,
+            provider=provider,
+            input_name=session.get_inputs()[0].name,
+            output_name=outputs[0].name,
+            input_shape=shape,
+            labels=list(labels),
+            mean=_per_channel(meta.get(repo.Meta.MEAN), shape[0], 0.0, "mean", path),
+            std=_per_channel(meta.get(repo.Meta.STD), shape[0], 1.0, "std", path),
+            pixel_scale=float(meta.get(repo.Meta.PIXEL_SCALE, DEFAULT_PIXEL_SCALE)),
+            architecture=str(meta.get(repo.Meta.MODEL, "")),
+            dataset=str(meta.get(repo.Meta.DATASET, "")),
+            params=int(meta.get(repo.Meta.PARAMS, 0)),
+            onnx_bytes=path.stat().st_size,
+            opset=opset_version(path),
+            quantization=str(meta.get(repo.Meta.QUANTIZATION, "none")),
+            test_accuracy=float(accuracy) if accuracy is not None else math.nan,
+            serving=serving,
+            verification=_read_verification(entry.verification_path),
+            has_labels=has_labels,
+        )
+        if serving.batch_buckets:
+            mv.shape_buckets = self._open_buckets(mv)
+        mv.warm_up()
+        return mv
+
+    def _open_buckets(self, mv: ModelVersion) -> ShapeBuckets:
+        """mv's session as the batch-1 bucket and a session of the same settings for every other."""
+        path = mv.onnx_path
+        try:
+            buckets = ShapeBuckets(
+                mv.session, lambda: open_session(path, self.settings.threads, self.providers),
+                mv.max_batch_size, mv.input_name, mv.output_name,
+            )
+        except Exception as exc:  # e.g. out of GPU memory: every bucket holds its own copy of the weights
+            raise StartupError(f"{path}: cannot open a session per batch size bucket (--batch-buckets off avoids them): {exc}") from exc
+        fell_back = [size for size, s in buckets.sessions.items() if s.get_providers()[0] != mv.provider]
+        if fell_back:
+            raise StartupError(f"{path}: the sessions of batch size buckets {fell_back} fell back from {mv.provider}")
+        return buckets

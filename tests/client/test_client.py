@@ -12,20 +12,24 @@ import pytest
 from edgecnn.cli import main
 from edgecnn.client import ClientError, EdgeClient
 from edgecnn.client.image_files import InputFileError, read_image_file
-from tests.conftest_server import PARAMS_LENET5, fashion_test_split, png_bytes, reference_logits
-from tests.servers import MODEL, TOKEN, running_server, unused_address as free_address
+from tests.onnx_models import (
+    FASHION_CLASSES,
+    PARAMS_LENET5,
+    normalized,
+    png_bytes,
+    reference_logits,
+    sample_images,
+)
+from tests.servers import MODEL, TOKEN, running_server
+from tests.servers import unused_address as free_address
 
 MARGIN = 1e-3  # logits closer than this may swap ranks between two float paths (untrained weights)
 
 
 @pytest.fixture(scope="module")
-def fashion(fashion_mnist_dir) -> dict:
-    split = fashion_test_split()
-    return {
-        "images": split.images[:6],
-        "x": np.ascontiguousarray(split.normalized()[:6], dtype=np.float32),
-        "classes": list(split.classes),
-    }
+def samples() -> dict:
+    images = sample_images(6)
+    return {"images": images, "x": normalized(images), "classes": FASHION_CLASSES}
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +48,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def test_infer_equals_onnxruntime(client, served_repository, fashion):
-    x = fashion["x"]
+def test_infer_equals_onnxruntime(client, served_repository, samples):
+    x = samples["x"]
     np.testing.assert_allclose(client.infer(x), reference_logits(served_repository.onnx, x), rtol=1e-5, atol=1e-6)
     assert client.infer(x[0]).shape == (1, 10)  # one [C, H, W] sample is a batch of one
 
 
-def test_classify_png_and_tensor(client, served_repository, fashion):
-    logits = reference_logits(served_repository.onnx, fashion["x"])
+def test_classify_png_and_tensor(client, served_repository, samples):
+    logits = reference_logits(served_repository.onnx, samples["x"])
     expected = softmax(logits)
-    pngs = [png_bytes(image) for image in fashion["images"]]
-    for images in (pngs, list(fashion["x"])):
+    pngs = [png_bytes(image) for image in samples["images"]]
+    for images in (pngs, list(samples["x"])):
         results = client.classify(images, top_k=3)
         assert len(results) == len(images)
         for preds, probs, row in zip(results, expected, logits):
@@ -64,15 +68,15 @@ def test_classify_png_and_tensor(client, served_repository, fashion):
                 if gaps[rank] > MARGIN and (rank == 0 or gaps[rank - 1] > MARGIN):  # this rank is not a near-tie
                     assert p.index == order[rank], (rank, row)
                 assert p.score == pytest.approx(float(probs[p.index]), rel=1e-4)
-            assert [p.label for p in preds] == [fashion["classes"][p.index] for p in preds]
+            assert [p.label for p in preds] == [samples["classes"][p.index] for p in preds]
             assert [p.score for p in preds] == sorted((p.score for p in preds), reverse=True)
 
 
-def test_model_info_and_metadata(client, fashion):
+def test_model_info_and_metadata(client, samples):
     info = client.model_info()
     assert (info.model, info.version, info.architecture) == (MODEL, 1, "lenet5")
     assert info.parameters == PARAMS_LENET5 and list(info.input_shape) == [1, 28, 28]
-    assert list(info.labels) == fashion["classes"] and info.max_batch_size == 8
+    assert list(info.labels) == samples["classes"] and info.max_batch_size == 8
     metadata = client.model_metadata()
     assert list(metadata.inputs[0].shape) == [-1, 1, 28, 28] and metadata.versions == ["1"]
 
@@ -117,16 +121,16 @@ def test_token_and_auth_server(served_repository):
 
 
 @pytest.fixture(scope="module")
-def image_files(tmp_path_factory, fashion) -> dict:
+def image_files(tmp_path_factory, samples) -> dict:
     folder = tmp_path_factory.mktemp("images")
     files = {}
     for i in range(2):
         files[f"png{i}"] = folder / f"item{i}.png"
-        files[f"png{i}"].write_bytes(png_bytes(fashion["images"][i]))
+        files[f"png{i}"].write_bytes(png_bytes(samples["images"][i]))
     files["chw"] = folder / "one.npy"
-    np.save(files["chw"], fashion["x"][2])
+    np.save(files["chw"], samples["x"][2])
     files["nchw"] = folder / "two.npy"
-    np.save(files["nchw"], fashion["x"][3:5])
+    np.save(files["nchw"], samples["x"][3:5])
     return files
 
 
@@ -158,18 +162,18 @@ def test_an_npz_archive_named_npy_is_refused(tmp_path):
         read_image_file(path)
 
 
-def test_cli_prints_a_table(served_address, image_files, served_repository, fashion, capsys):
+def test_cli_prints_a_table(served_address, image_files, served_repository, samples, capsys):
     files = [image_files["png0"], image_files["png1"], image_files["chw"], image_files["nchw"]]
     assert main(["classify", "--server", served_address, "--model", MODEL, "--top-k", "2", *map(str, files)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["FILE", "RANK", "LABEL", "SCORE"]
     assert len(lines) == 1 + 5 * 2  # five images, two rows each
-    probs = softmax(reference_logits(served_repository.onnx, fashion["x"][:5]))
+    probs = softmax(reference_logits(served_repository.onnx, samples["x"][:5]))
     names = [str(files[0]), str(files[1]), str(files[2]), f"{files[3]}[0]", f"{files[3]}[1]"]
     for i, (name, p) in enumerate(zip(names, probs)):
         first, second = lines[1 + 2 * i], lines[2 + 2 * i]
         best = int(np.argmax(p))
-        assert first.startswith(name) and fashion["classes"][best] in first
+        assert first.startswith(name) and samples["classes"][best] in first
         assert f"{p[best]:.4f}" in first
         assert second.split()[0] == "2"
 

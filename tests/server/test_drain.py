@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,11 +14,25 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tritonclient_grpc
+from edgecnn.protos import (
+    classifier_pb2,
+    classifier_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+)
+from edgecnn.server import ServerThread, Settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from edgecnn.protos import classifier_pb2, classifier_pb2_grpc, inference_pb2, inference_pb2_grpc
 from tests.child_process import ServeProcess
-from tests.conftest_server import export, fashion_test_split, png_bytes, reference_logits, write_checkpoint
+from tests.onnx_models import (
+    FASHION_CLASSES,
+    normalized,
+    png_bytes,
+    reference_logits,
+    sample_images,
+    write_version,
+)
+from tests.server.grpc_helpers import TIMEOUT, Gate, infer_request, wait_until
 from tests.servers import serve_argv
 
 DELAY_US = 1_000_000  # requests that arrive while a batch runs wait in the queue for it to finish
@@ -25,7 +40,7 @@ DELAY_US = 1_000_000  # requests that arrive while a batch runs wait in the queu
 # (a lone request is never held back by the batch delay).
 SLOW_SERVE = """
 import sys, time
-from edgecnn.server.runtime import ModelVersion
+from edgecnn.server.model_version import ModelVersion
 run = ModelVersion.run
 def slow_run(self, batch):
     time.sleep(0.5)
@@ -37,18 +52,18 @@ sys.exit(main())
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory, fashion_mnist_dir) -> Path:
+def batched_repository(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("drain")
-    export(write_checkpoint(root / "run", seed=0), root / "repo", "lenet5", 1, max_queue_delay_us=DELAY_US, max_batch_size=64)
+    write_version(root / "repo", "lenet5", 1, seed=0, max_batch_size=64, max_queue_delay_us=DELAY_US)
     return root / "repo"
 
 
-def test_edgecnn_serve_answers_tritonclient_and_classify(repository, fashion_mnist_dir):
-    """Issue 4's "done when": the real command on an exported LeNet-5 serves both APIs."""
-    split = fashion_test_split()
-    x = np.ascontiguousarray(split.normalized()[:4], dtype=np.float32)
-    expected = reference_logits(repository / "lenet5" / "1" / "model.onnx", x)
-    with ServeProcess(serve_argv(repository, "--grace", "1")) as served:
+def test_edgecnn_serve_answers_tritonclient_and_classify(batched_repository):
+    """Issue 4's "done when": the real command on a LeNet-5 batched_repository serves both APIs."""
+    images = sample_images(4)
+    x = normalized(images)
+    expected = reference_logits(batched_repository / "lenet5" / "1" / "model.onnx", x)
+    with ServeProcess(serve_argv(batched_repository, "--grace", "1")) as served:
         client = tritonclient_grpc.InferenceServerClient(url=served.address)
         assert client.is_server_ready() and client.is_model_ready("lenet5")
         tensor = tritonclient_grpc.InferInput("input", list(x.shape), "FP32")
@@ -57,21 +72,21 @@ def test_edgecnn_serve_answers_tritonclient_and_classify(repository, fashion_mni
         np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
         client.close()
         request = classifier_pb2.ClassifyRequest(model="lenet5", top_k=10)
-        for image in split.images[:4]:
+        for image in images:
             request.images.add(encoded=png_bytes(image))
         with grpc.insecure_channel(served.address) as channel:
             response = classifier_pb2_grpc.ClassifierStub(channel).Classify(request, timeout=10)
         assert len(response.results) == 4
         for result, logits in zip(response.results, expected):
             assert sorted(p.index for p in result.predictions) == list(range(10))
-            assert [p.label for p in result.predictions] == [split.classes[p.index] for p in result.predictions]
+            assert [p.label for p in result.predictions] == [FASHION_CLASSES[p.index] for p in result.predictions]
             probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
             np.testing.assert_allclose([p.score for p in result.predictions], probs[[p.index for p in result.predictions]], rtol=1e-4, atol=1e-6)
     assert served.proc.returncode == 0, "".join(served.output)
 
 
-def test_sigterm_drains_in_flight_requests(repository):
-    served = ServeProcess(serve_argv(repository, "--grace", "20", program=[sys.executable, "-c", SLOW_SERVE]), env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout_s=60)
+def test_sigterm_drains_in_flight_requests(batched_repository):
+    served = ServeProcess(serve_argv(batched_repository, "--grace", "20", program=[sys.executable, "-c", SLOW_SERVE]), env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout_s=60)
     proc = served.proc
     try:
         assert served.metrics_port and served.metrics_port > 0
@@ -97,3 +112,44 @@ def test_sigterm_drains_in_flight_requests(repository):
         assert proc.wait(timeout=30) == 0, "".join(served.output)
     finally:
         served.kill()
+
+
+def test_drain_does_not_wait_for_refused_requests(repository, samples, monkeypatch):
+    """Requests refused while draining are never in flight: under steady traffic the drain ends
+    when the real in-flight requests do (here one held for 0.3 s), not at the grace period."""
+    grace_s = 30.0
+    running = ServerThread(Settings(repository=repository["dir"], host="127.0.0.1", port=0, metrics_port=None, device="cpu")).start()
+    request = infer_request("lenet5", samples["x"][:1])
+    gate = Gate(running.server.plane.batcher("lenet5", 1), monkeypatch)
+    stop = threading.Event()
+    codes: list[grpc.StatusCode] = []
+
+    def traffic() -> None:
+        with grpc.insecure_channel(running.address) as ch:
+            stub = inference_pb2_grpc.GRPCInferenceServiceStub(ch)
+            while not stop.is_set():
+                try:
+                    stub.ModelInfer(request, timeout=TIMEOUT)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as exc:
+                    codes.append(exc.code())
+
+    senders = [threading.Thread(target=traffic) for _ in range(6)]
+    for sender in senders:
+        sender.start()
+    try:
+        with grpc.insecure_channel(running.address) as ch:
+            held = inference_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer.future(infer_request("lenet5", samples["x"][:1], version="1"), timeout=TIMEOUT)
+            wait_until(lambda: gate.held == 1 and codes.count(grpc.StatusCode.OK) >= 20, "traffic to flow and one request to be held")
+            threading.Timer(0.3, gate.open.set).start()
+            started = time.monotonic()
+            running.stop(grace_s)
+            took = time.monotonic() - started
+            assert held.result().outputs, "the in-flight request was not finished"
+    finally:
+        gate.open.set()
+        stop.set()
+        for sender in senders:
+            sender.join(TIMEOUT)
+    assert grpc.StatusCode.UNAVAILABLE in codes, "no request was refused while draining"
+    assert took < grace_s / 3, f"the drain took {took:.1f} s of its {grace_s:.0f} s grace: refused requests counted as in flight"

@@ -1,7 +1,6 @@
 import os
 
 import pytest
-
 from edgecnn.server.cpus import cgroup_cpu_limit, usable_cpus
 
 

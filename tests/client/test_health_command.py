@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from edgecnn.cli import main, missing_module_hint
 from edgecnn.client.health import HealthCheckError, check_health
-from tests.conftest_server import self_signed_cert
+from tests.certs import self_signed_cert
 
 TOKEN = "s3cret-token"
 

@@ -1,0 +1,65 @@
+"""The Open Inference Protocol (KServe V2) over gRPC: inference.GRPCInferenceService, a thin
+adapter between its protobuf messages and the data plane."""
+
+from __future__ import annotations
+
+import grpc
+
+from edgecnn import __version__
+from edgecnn.protos import inference_pb2, inference_pb2_grpc
+
+from .dataplane import Call, DataPlane
+from .grpc_handlers import rpc
+from .grpc_tensors import decode_inputs, decode_outputs, encode_outcome
+
+SERVER_NAME = "edgecnn"
+# model_repository is not listed: RepositoryIndex answers, but load/unload (model control) is not offered.
+EXTENSIONS = ["model_configuration", "classification"]
+
+
+class KServeServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    async def ServerLive(self, request, context):
+        return inference_pb2.ServerLiveResponse(live=self.plane.live())
+
+    async def ServerReady(self, request, context):
+        return inference_pb2.ServerReadyResponse(ready=self.plane.ready())
+
+    async def ModelReady(self, request, context):
+        return inference_pb2.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version))
+
+    async def ServerMetadata(self, request, context):
+        return inference_pb2.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
+
+    @rpc("ModelMetadata")
+    async def ModelMetadata(self, request, context, call: Call):
+        meta = self.plane.metadata(request.name, request.version, call)
+        response = inference_pb2.ModelMetadataResponse(name=meta.name, versions=meta.versions, platform=meta.platform)
+        for spec in meta.inputs:
+            response.inputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+        for spec in meta.outputs:
+            response.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+        return response
+
+    @rpc("ModelConfig")
+    async def ModelConfig(self, request, context, call: Call):
+        return inference_pb2.ModelConfigResponse(config=self.plane.config(request.name, request.version, call))
+
+    @rpc("ModelInfer")
+    async def ModelInfer(self, request, context, call: Call):
+        inputs, outputs = decode_inputs(request), decode_outputs(request)
+        outcome = await self.plane.infer(request.model_name, request.model_version, inputs, outputs, call)
+        return encode_outcome(request, outcome)
+
+    @rpc("RepositoryIndex")
+    async def RepositoryIndex(self, request, context, call: Call):
+        response = inference_pb2.RepositoryIndexResponse()
+        for entry in self.plane.repository_index(ready_only=request.ready):
+            response.models.add(name=entry.name, version=entry.version, state=entry.state, reason=entry.reason)
+        return response
+
+
+def add_to_server(plane: DataPlane, server: grpc.aio.Server) -> None:
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(plane), server)
