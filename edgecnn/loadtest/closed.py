@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from time import perf_counter
 
-from .calls import Call, Recorder, send
+from .grpc_requests import Call, Recorder, send
 
 
 async def closed_loop(

@@ -10,9 +10,7 @@ the steps it finished.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +18,14 @@ from edgecnn.auth_token import token_file_option
 from edgecnn.client.channel import add_connection_args, channel_credentials, parse_server
 from edgecnn.client.client import ClientError
 from edgecnn.client.messages import INPUT_NAME
+from edgecnn.number_args import NON_NEGATIVE_SECONDS, POSITIVE_RATE, POSITIVE_SECONDS, float_arg, is_non_negative, is_positive, positive_ints
 
-from edgecnn.checks import NON_NEGATIVE_SECONDS, POSITIVE_RATE, POSITIVE_SECONDS, is_non_negative, is_positive
 from .plot import PlotUnavailable, check_plot_path, plot_latency
 from .report import build_report, format_table, saturation_warnings, write_csv, write_json
 from .runner import Plan, run_plan
 from .workload import APIS, Target, make_payloads, model_input
 
 PROG = "edgecnn loadtest"
-
-
-def positive_ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 1,4,16,64") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers")
-    return values
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -47,21 +35,6 @@ def _shape(text: str) -> tuple[int, int, int]:
     return values  # type: ignore[return-value]
 
 
-def _number(ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
-    """An argparse type: a float that passes `ok`."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
-        return value
-
-    return parse
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default="127.0.0.1:8001", help="HOST:PORT of the gRPC endpoint")
     parser.add_argument("--model", required=True, help="model name")
@@ -69,13 +42,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api", choices=APIS, default="infer", help="KServe V2 ModelInfer tensors, or Classifier with PNG images")
     parser.add_argument("--batch-size", type=int, default=1, help="images per request")
     parser.add_argument("--concurrency", type=positive_ints, default=(1, 4, 16, 64), help="closed-loop sweep: workers per step")
-    parser.add_argument("--rate", type=_number(is_positive, POSITIVE_RATE), default=None, help="open loop instead: Poisson arrivals per second")
+    parser.add_argument("--rate", type=float_arg(is_positive, POSITIVE_RATE), default=None, help="open loop instead: Poisson arrivals per second")
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--duration", type=_number(is_positive, POSITIVE_SECONDS), default=None, help="seconds measured per step (default 5)")
+    length.add_argument("--duration", type=float_arg(is_positive, POSITIVE_SECONDS), default=None, help="seconds measured per step (default 5)")
     length.add_argument("--requests", type=int, default=None, help="measured requests per step instead of a duration")
-    parser.add_argument("--warmup", type=_number(is_non_negative, NON_NEGATIVE_SECONDS), default=1.0, help="unmeasured seconds before each step")
+    parser.add_argument("--warmup", type=float_arg(is_non_negative, NON_NEGATIVE_SECONDS), default=1.0, help="unmeasured seconds before each step")
     parser.add_argument("--processes", type=int, default=1, help="client processes sharing the load")
-    parser.add_argument("--timeout", type=_number(is_positive, POSITIVE_SECONDS), default=10.0, help="deadline per request in seconds")
+    parser.add_argument("--timeout", type=float_arg(is_positive, POSITIVE_SECONDS), default=10.0, help="deadline per request in seconds")
     parser.add_argument("--input-shape", type=_shape, default=None, help="C,H,W: skip asking the server's ModelMetadata")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and arrival times")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")

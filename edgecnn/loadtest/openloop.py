@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from time import perf_counter
 
-from .calls import Call, Recorder, measured_window, send
-from edgecnn.checks import POSITIVE_RATE, is_positive, require
+from edgecnn.number_args import POSITIVE_RATE, is_positive, require
+
+from .grpc_requests import Call, Recorder, measured_window, send
 
 
 @dataclass(frozen=True)

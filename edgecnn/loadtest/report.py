@@ -65,7 +65,7 @@ def write_csv(report: dict[str, Any], path: Path) -> None:
             writer.writerow(csv_row(step))
 
 
-def _ms(value: float | None) -> str:
+def ms_text(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
@@ -78,7 +78,7 @@ def format_table(report: dict[str, Any]) -> str:
         cpu = "/".join(f"{share:.0%}" for share in step["client_cpu"]) + (" SATURATED" if step["client_saturated"] else "")
         rows.append([
             label, str(step["requests"]), errors_text(step["errors"]), f"{step['req_per_s']:.1f}",
-            f"{step['images_per_s']:.1f}", *(_ms(latency[k]) for k in LATENCY_KEYS), cpu,
+            f"{step['images_per_s']:.1f}", *(ms_text(latency[k]) for k in LATENCY_KEYS), cpu,
         ])  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows)

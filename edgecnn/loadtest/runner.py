@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
-from edgecnn.checks import NON_NEGATIVE_SECONDS, POSITIVE_RATE, POSITIVE_SECONDS, is_non_negative, is_positive, require
+from edgecnn.number_args import NON_NEGATIVE_SECONDS, POSITIVE_RATE, POSITIVE_SECONDS, is_non_negative, is_positive, require
+
 from .stats import StepResult, WorkerResult, step_label
 from .worker import Slots, WorkerPool, WorkerSpec, run_worker
 from .workload import Target

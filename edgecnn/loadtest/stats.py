@@ -55,10 +55,10 @@ def pool_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:
     for step in steps:
         histogram.decode_and_add(step["histogram"].encode("ascii"))
         errors.update(step["errors"])
-    window_ok = sum(_window_ok(s) for s in steps)
+    window_ok = sum(s["window_ok"] for s in steps)
     duration = sum(s["duration_s"] for s in steps)
     req_per_s = window_ok / duration if duration > 0 else 0.0
-    batch_size = _batch_size(first)
+    batch_size = first["batch_size"]
     client_cpu = [max(cpu) for cpu in zip(*(s["client_cpu"] for s in steps))]
     return {
         "mode": "closed",
@@ -78,18 +78,6 @@ def pool_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:
         "histogram": histogram.encode().decode("ascii"),
         "runs": [{"req_per_s": s["req_per_s"], "p50_ms": s["latency_ms"]["p50"]} for s in steps],
     }
-
-
-def _window_ok(step: dict[str, Any]) -> int:
-    """The successes its req/s counts; results written before `window_ok` existed counted `ok`."""
-    return step.get("window_ok", step["ok"])
-
-
-def _batch_size(step: dict[str, Any]) -> float:
-    """Images per request; results written before `batch_size` existed carry only the ratio."""
-    if "batch_size" in step:
-        return step["batch_size"]
-    return step["images_per_s"] / step["req_per_s"] if step["req_per_s"] else 1.0
 
 
 @dataclass

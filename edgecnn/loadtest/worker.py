@@ -13,7 +13,7 @@ from multiprocessing.connection import Connection, wait
 from time import perf_counter
 from typing import Any
 
-from .calls import Call, Recorder
+from .grpc_requests import Call, Recorder
 from .closed import closed_loop
 from .openloop import open_loop
 from .stats import WorkerResult

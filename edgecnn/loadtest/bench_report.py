@@ -1,0 +1,272 @@
+"""`make bench`'s report (scripts/bench.py): the goals judged met or not met from the measured
+numbers, and the markdown, plot and results file written from a run's results (--render rewrites
+them from a saved results file). Timing goals are reported, never asserted."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from edgecnn.atomic_files import write_text_atomic
+from edgecnn.server.settings import DEFAULT_INLINE_MAX_US
+
+from .report import ms_text
+
+SERVERS = {
+    "floor": "bare grpc.aio floor server",
+    "batching-off": "edgecnn serve, batching off",
+    "batching-on": "edgecnn serve, batching on",
+}
+CUDA_SUFFIX = "@cuda"  # result keys of the --device cuda legs: "floor@cuda", "lenet5@cuda", ...
+TOP_CONCURRENCY, BOTTOM_CONCURRENCY = 64, 1  # where the issue's throughput and latency goals are set
+# What a results file of this version holds; one without them was written by an older scripts/bench.py.
+RESULTS_KEYS = ("created", "machine", "settings", "notes", "models", "onnxruntime", "servers", "wall_s")
+SETTINGS_KEYS = ("quick", "duration", "warmup", "concurrency", "threads", "processes", "batch_delay_us", "callers", "rounds",
+                 "slices", "devices")  # fmt: skip
+
+
+def by_concurrency(report: dict) -> dict[int, dict]:
+    return {step["concurrency"]: step for step in report["steps"]}
+
+
+def targets(results: dict) -> list[tuple[str, str, bool]]:
+    """(goal, measured, met) rows."""
+    rows = []
+    for model, servers in results["servers"].items():
+        for device in results["settings"]["devices"]:
+            rows += _server_targets(model, device, servers)
+    errors = sum(sum(s["errors"].values()) for servers in results["servers"].values() for r in servers.values() for s in r["steps"])
+    rows.append(("zero errors", f"{errors} failed requests", errors == 0))
+    return rows
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None where a step had no successful request to measure."""
+    return a / b if a and b else None
+
+
+def _server_targets(model: str, device: str, servers: dict[str, dict]) -> list[tuple[str, str, bool]]:
+    """One model's rows on one device; the GPU's are marked with the model's `@cuda` key. A goal
+    set at a concurrency the sweep lacks, or a step with nothing measured, is not met."""
+    suffix = "" if device == "cpu" else CUDA_SUFFIX
+    name = model + suffix
+    floor, off, on = (by_concurrency(servers[k + suffix]) for k in ("floor", "batching-off", "batching-on"))
+    top, bottom = TOP_CONCURRENCY, BOTTOM_CONCURRENCY
+
+    def row(goal: str, concurrency: int, measure) -> tuple[str, str, bool]:
+        if concurrency not in floor:
+            return goal, f"not measured (the sweep lacks c={concurrency})", False
+        text, met = measure()
+        return goal, text, met
+
+    def throughput() -> tuple[str, bool]:
+        ratio = _ratio(off[top]["req_per_s"], floor[top]["req_per_s"])
+        return f"{off[top]['req_per_s']:.0f} vs {floor[top]['req_per_s']:.0f} req/s = {_pct(ratio)}", ratio is not None and ratio >= 0.9
+
+    def latency() -> tuple[str, bool]:
+        mine, base = off[bottom]["latency_ms"]["p50"], floor[bottom]["latency_ms"]["p50"]
+        ratio = _ratio(mine, base)
+        return f"{ms_text(mine)} vs {ms_text(base)} ms = {_times(ratio)}", ratio is not None and ratio <= 1.1
+
+    ratios = {c: _ratio(on[c]["req_per_s"], off[c]["req_per_s"]) for c in sorted(off)}
+    known = {c: r for c, r in ratios.items() if r is not None}
+    worst = min(known, key=known.get) if known else None
+    rows = [
+        row(f"{name}: batching off reaches >= 90% of the floor's req/s at c={top}", top, throughput),
+        row(f"{name}: batching off p50 at c={bottom} <= 1.1x the floor's", bottom, latency),
+        (f"{name}: batching on never > 5% below batching off in req/s",
+         "on/off " + ", ".join(f"c={c}: {_times(r, '')}" for c, r in ratios.items()) + f" (worst c={worst})",
+         worst is not None and len(known) == len(ratios) and known[worst] >= 0.95),
+    ]  # fmt: skip
+    if model == "mobilenet-v2" or device == "cuda":
+        rows.append(row(f"{name}: batching on is faster where compute dominates (c={top})", top,
+                        lambda: (f"on/off = {_times(ratios[top])}", ratios[top] is not None and ratios[top] > 1.0)))  # fmt: skip
+    return rows
+
+
+def _pct(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.1%}"
+
+
+def _times(ratio: float | None, unit: str = "x") -> str:
+    return "n/a" if ratio is None else f"{ratio:.3f}{unit}"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _client_method(s: dict) -> list[str]:
+    """How the servers were loaded: side by side, in alternating slices (edgecnn/loadtest/side_by_side.py)."""
+    return [
+        f"- Client: the `edgecnn loadtest` library, {s['processes']} client processes, closed loop at concurrency "
+        f"{s['concurrency']}, batch 1, random float32 tensors (KServe V2 ModelInfer, raw_input_contents). Latencies "
+        "are end to end at the client, from HDR histograms.",
+        f"- {s['rounds']} round(s). Each starts a fresh process of all three servers, up together (idle but for the "
+        f"one measured), and measures every concurrency step for {s['duration']} s per server in {s['slices']} "
+        f"slice(s) of {s['duration'] / s['slices']:g} s, each after a {s['warmup']} s warm-up, that alternate "
+        "between the servers, the order rotating each slice: drift of the machine over a step hits the three "
+        "alike. A table row pools every slice of every round (requests over total time, percentiles of the merged "
+        "histograms) and lists each round's req/s, which shows the run-to-run noise.",
+    ]
+
+
+def write_markdown(results: dict, path: Path, plot_name: str | None) -> None:
+    m, s = results["machine"], results["settings"]
+    out = [
+        "# Benchmarks",
+        "",
+        f"Written by `scripts/bench.py` (`make bench`) on {results['created']}; do not edit by hand, rerun it. "
+        f"Run time {results['wall_s']:.0f} s{' (--quick)' if s['quick'] else ''}.",
+        *(f"\n**Note:** {note}" for note in results["notes"]),
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu']}, {m['logical_cpus']} logical CPUs ({m['usable_cpus']} usable by this process); GPU: {m['gpu']}",
+        f"- RAM: {m['ram_gib']} GiB; OS: {m['os']}",
+        f"- Python {m['python']}, ONNX Runtime {m['onnxruntime']}, grpcio {m['grpcio']}, numpy {m['numpy']}, edgecnn {m['edgecnn']}",
+        f"- Load average when the run started: {', '.join(map(str, m['load_average_at_start']))}. Client and servers share "
+        "these CPUs; on a busy machine the numbers say more about the neighbours than about the server.",
+        "",
+        "## Method",
+        "",
+        "- Every server runs as its own process on 127.0.0.1, loads only the model under test, and uses the same "
+        f"ONNX Runtime settings: CPU provider, ORT_ENABLE_ALL, {s['threads']} intra-op thread(s), 1 inter-op thread; "
+        "the floor server runs ONNX Runtime on an executor thread pool, as edgecnn does for batches over its "
+        "inline budget. Legs marked "
+        f"`{CUDA_SUFFIX}` use the CUDA provider instead (run only where a GPU is usable: devices here "
+        f"{', '.join(s['devices'])}).",
+        "- (a) **onnxruntime**: the session called in-process, batch 1 back-to-back (one caller, then "
+        f"{s['callers']} parallel callers), and batch 64: the compute limit, no gRPC.",
+        "- (b) **floor**: `scripts/bench_floor_server.py`, a bare grpc.aio KServe V2 server that only decodes the "
+        "tensor, runs ONNX Runtime and encodes the logits (no validation, metrics, auth or batching).",
+        f"- (c) **batching-off** / (d) **batching-on**: `edgecnn serve` with `--max-queue-delay-us 0` (every "
+        f"request its own ONNX Runtime call) / `--max-queue-delay-us {s['batch_delay_us']}` (max batch 64: a "
+        "work-conserving batcher merges what is pending), otherwise its defaults: validation and metrics; on "
+        f"the CPU provider calls estimated within {DEFAULT_INLINE_MAX_US} us run on the event loop thread instead "
+        "of a worker thread (server/inline.py); on the CUDA provider every call runs on a worker thread, a "
+        "batching model keeps at most two batches in flight, and batches are padded to a batch size bucket "
+        "with a session of its own (server/shapes.py).",
+        *_client_method(s),
+        "",
+        "## Models",
+        "",
+        _md_table(
+            ["model", "parameters", "input", "ONNX bytes", "weights"],
+            [[b["name"], f"{b['params']:,}", "x".join(map(str, b["input_shape"])), f"{b['onnx_bytes']:,}", b["weights"]]
+             for b in results["models"]],
+        ),  # fmt: skip
+        "",
+        "The CIFAR CNN and MobileNetV2 use fixed-seed untrained weights (there is no CIFAR-10 data on this "
+        "machine); speed does not depend on the weights' values.",
+        "",
+        "## (a) ONNX Runtime in-process",
+        "",
+        _md_table(
+            ["model", "batch 1 req/s", "batch 1 p50 ms", "batch 1 p99 ms", f"batch 1 req/s, {s['callers']} callers", "batch 64 images/s"],
+            [[name, f"{o['batch1_req_per_s']:.0f}", f"{o['batch1_p50_ms']:.3f}", f"{o['batch1_p99_ms']:.3f}",
+              f"{o['batch1_parallel_req_per_s']:.0f}", f"{o['batch64_images_per_s']:.0f}"]
+             for name, o in results["onnxruntime"].items()],
+        ),  # fmt: skip
+        "",
+        "## (b)-(d) Servers under `edgecnn loadtest`",
+        "",
+    ]
+    for name, servers in results["servers"].items():
+        rows = []
+        for kind, report in servers.items():
+            for step in report["steps"]:
+                lat = step["latency_ms"]
+                rounds = " / ".join(f"{run['req_per_s']:.0f}" for run in step["runs"])
+                rows.append([kind, str(step["concurrency"]), f"{step['req_per_s']:.0f}", rounds, ms_text(lat["p50"]), ms_text(lat["p90"]),
+                             ms_text(lat["p99"]), ms_text(lat["max"]), str(sum(step["errors"].values())),
+                             "/".join(f"{c:.0%}" for c in step["client_cpu"]) + (" saturated" if step["client_saturated"] else "")])  # fmt: skip
+        out += [f"### {name}", "", _md_table(["server", "concurrency", "req/s", "req/s per round", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "client CPU per process"], rows), ""]
+    out += ["## Targets", "", "Measured, not asserted.", ""]
+    out.append(_md_table(["goal", "measured", "met"], [[g, v, "met" if ok else "**not met**"] for g, v, ok in results["targets"]]))
+    saturated = [f"{name} {kind} c={s['concurrency']}" for name, servers in results["servers"].items()
+                 for kind, r in servers.items() for s in r["steps"] if s["client_saturated"]]  # fmt: skip
+    out += ["", "Client CPU saturation (a client process at >= 90% of a core): " + (", ".join(saturated) if saturated else "none") + "."]
+    if plot_name:
+        out += ["", f"![throughput and latency per server]({plot_name})"]
+    path.write_text("\n".join(out) + "\n")
+
+
+def write_plot(results: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: no plot written: needs matplotlib", file=sys.stderr)
+        return False
+    names = list(results["servers"])
+    fig, axes = plt.subplots(2, len(names), figsize=(5 * len(names), 8), squeeze=False)
+    for col, name in enumerate(names):
+        top, bottom = axes[0][col], axes[1][col]
+        for color, (kind, report) in enumerate(results["servers"][name].items()):
+            steps = report["steps"]
+            conc = [st["concurrency"] for st in steps]
+            top.plot(conc, [st["req_per_s"] for st in steps], marker="o", color=f"C{color}", label=kind)
+            bottom.plot(conc, [st["latency_ms"]["p50"] for st in steps], marker="o", color=f"C{color}", label=f"{kind} p50")
+            bottom.plot(conc, [st["latency_ms"]["p99"] for st in steps], marker="x", linestyle=":", color=f"C{color}", label=f"{kind} p99")
+        for style, key in (("--", name), (":", name + CUDA_SUFFIX)):
+            if key in results["onnxruntime"]:
+                top.axhline(results["onnxruntime"][key]["batch1_parallel_req_per_s"], color="grey", linestyle=style,
+                            label=f"onnxruntime in-process, batch 1{key[len(name):]}")  # fmt: skip
+        top.set_title(f"{name}: throughput")
+        bottom.set_title(f"{name}: latency")
+        for ax, ylabel in ((top, "requests/s"), (bottom, "ms")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("concurrency")
+            ax.set_ylabel(ylabel)
+            ax.grid(True, alpha=0.3)
+        top.set_yscale("log")  # in-process ONNX Runtime can be 10x the servers
+        bottom.set_yscale("log")
+        top.legend(fontsize=7)
+        bottom.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def read_results(path: Path) -> dict:
+    """A results file of this version; ValueError for anything else (an older version's, say)."""
+    results = json.loads(path.read_text())
+    missing = [k for k in RESULTS_KEYS if k not in results]
+    missing += [f"settings.{k}" for k in SETTINGS_KEYS if k not in results.get("settings", {})]
+    if missing:
+        raise ValueError(f"{path}: no {', '.join(missing)}: not the results of this version of scripts/bench.py; rerun it")
+    return results
+
+
+def render(results_path: Path, out: Path, notes: list[str], log: Callable[[str], None]) -> None:
+    """--render: the report, plot and results rewritten from a saved results file, `notes` added
+    to its notes (kept in the results beside the report, for the next render)."""
+    results = read_results(results_path)
+    results["notes"] = [*results["notes"], *notes]
+    write_report(results, out, log)
+
+
+def write_results(results: dict, path: Path) -> None:
+    """Whole or not at all: a crash while writing leaves the previous file."""
+    write_text_atomic(path, json.dumps(results, indent=2) + "\n")
+
+
+def write_report(results: dict, out: Path, log: Callable[[str], None]) -> None:
+    """out (markdown), its plot (.png) and the results it was made from (.json, for --render)."""
+    results["targets"] = targets(results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = out.with_suffix(".json")
+    write_results(results, data)
+    plot = out.with_suffix(".png")
+    write_markdown(results, out, plot.name if write_plot(results, plot) else None)
+    for goal, measured, met in results["targets"]:
+        log(f"{'met    ' if met else 'NOT MET'}  {goal}: {measured}")
+    log(f"wrote {out}, {plot} and {data}")
+

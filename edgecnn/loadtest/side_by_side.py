@@ -1,0 +1,96 @@
+"""Servers measured side by side (`make bench`): servers already running, all up together, and
+every step of a closed-loop sweep measured in short slices that alternate between them, the order
+rotating each slice, so that a neighbour's burst or a drift of the machine hits them all alike.
+(Measured one after another, a whole sweep each, two identical configurations read 7% apart.)
+One pool of client processes loads every server; a step pools its slices, and a report's step
+pools its rounds (its `runs`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+
+from .runner import Plan, run_plan
+from .stats import pool_steps
+from .worker import WorkerPool
+from .workload import Target
+
+TOOL = "edgecnn loadtest"
+
+# Round r's servers, brought up (fresh processes, say) for the round and stopped after it, as
+# their targets by name; every round names the same servers.
+RoundServers = Callable[[int], AbstractContextManager[Mapping[str, Target]]]
+
+
+@dataclass(frozen=True)
+class SliceSchedule:
+    """How a sweep is measured: each step `duration_s` per server and round, in `slices` slices
+    per server, each after a `warmup_s` warm-up; batch-`batch_size` requests from `processes`
+    client processes."""
+
+    sweep: tuple[int, ...]
+    duration_s: float
+    warmup_s: float
+    slices: int = 2
+    processes: int = 2
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.slices < 1:
+            raise ValueError(f"slices {self.slices}: expected >= 1")
+        self.plan(Target("", ""), [])  # the plan's own checks: sweep, durations, processes
+
+    def plan(self, target: Target, payloads: list[bytes]) -> Plan:
+        """The plan of one server's slices (run_slice gives it the step's concurrency)."""
+        return Plan(target, payloads, self.batch_size, self.sweep, duration_s=self.duration_s / self.slices,
+                    warmup_s=self.warmup_s, processes=self.processes)  # fmt: skip
+
+
+def measure_side_by_side(
+    servers: RoundServers, rounds: int, schedule: SliceSchedule, payloads: list[bytes], log: Callable[[str], None] | None = None
+) -> dict[str, dict]:
+    """`rounds` rounds, each over the servers that `servers(r)` gives for it, every step measured
+    in alternating slices (measure_step). Per server a report like `edgecnn loadtest`'s: a step
+    per concurrency, pooled over its slices and rounds, with each round's req/s and p50 in `runs`.
+    `log` gets a line per step and round."""
+    if rounds < 1:
+        raise ValueError(f"rounds {rounds}: expected >= 1")
+    measured: dict[str, dict[int, list[dict]]] = {}
+    with WorkerPool(schedule.processes) as pool:
+        for r in range(rounds):
+            with servers(r) as targets:
+                if measured and set(targets) != set(measured):
+                    raise ValueError(f"round {r + 1} has servers {sorted(targets)}; round 1 had {sorted(measured)}")
+                plans = {name: schedule.plan(target, payloads) for name, target in targets.items()}
+                for c in schedule.sweep:
+                    for name, step in measure_step(plans, c, r, schedule.slices, pool).items():
+                        measured.setdefault(name, {}).setdefault(c, []).append(step)
+                    if log:
+                        log(f"  c={c}: " + ", ".join(f"{name} {measured[name][c][-1]['req_per_s']:.0f} req/s" for name in plans))
+    return {name: {"tool": TOOL, "steps": [pool_steps(by_step[c]) for c in schedule.sweep]} for name, by_step in measured.items()}
+
+
+def rotated(names: list[str], turn: int) -> list[str]:
+    """`names` starting at the turn-th (modulo their count)."""
+    return names[turn % len(names) :] + names[: turn % len(names)]
+
+
+def measure_step(plans: Mapping[str, Plan], concurrency: int, round_index: int, slices: int, pool: WorkerPool) -> dict[str, dict]:
+    """One step of one round for every server: `slices` slices each, alternating between the
+    servers, the order rotating each slice and going on from the round before; pooled per server."""
+    names = list(plans)
+    steps: dict[str, list[dict]] = {name: [] for name in names}
+    for s in range(slices):
+        for name in rotated(names, round_index * slices + s):
+            steps[name].append(run_slice(plans[name], concurrency, pool))
+    return {name: pool_steps(measured) for name, measured in steps.items()}
+
+
+def run_slice(plan: Plan, concurrency: int, pool: WorkerPool) -> dict:
+    """One slice: the plan at one concurrency in the shared pool, as its step's dict.
+    RuntimeError when it could not finish (a failed client process, say)."""
+    run = run_plan(replace(plan, concurrency=(concurrency,)), progress=None, pool=pool)
+    if run.stopped_by is not None:
+        raise RuntimeError(f"load test against {plan.target.server} stopped: {run.stop_reason}")
+    return run.steps[0].to_dict()

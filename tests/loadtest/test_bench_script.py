@@ -1,0 +1,170 @@
+"""scripts/bench.py, the driver: its flags, the servers it starts for every round, what it saves
+after every leg, and --render. Servers are faked except the floor server's own test."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgecnn.loadtest import side_by_side
+from tests.loadtest.bench_results import results, servers
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import bench
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    return bench
+
+
+def test_render_rewrites_the_report_beside_the_results_and_keeps_the_notes(bench, tmp_path):
+    saved = tmp_path / "gpu-run.json"
+    saved.write_text(json.dumps(results({"cpu": servers(0.95, 1.0, 1.1), "cuda": servers(0.95, 1.0, 2.0)}, models=("mobilenet-v2",))))
+    assert bench.main(["--render", str(saved), "--note", "measured before the fix"]) == 0
+    text = (tmp_path / "gpu-run.md").read_text()  # the default --out: beside the results
+    assert "**Note:** measured before the fix" in text
+    assert "| batching-on@cuda | 64 | 3800 | 3420 / 4180 |" in text
+    assert "| mobilenet-v2@cuda: batching on is faster where compute dominates (c=64) | on/off = 2.000x | met |" in text
+    assert (tmp_path / "gpu-run.png").stat().st_size > 0
+    assert json.loads(saved.read_text())["notes"] == ["measured before the fix"], "the notes are kept for the next render"
+    assert bench.main(["--render", str(saved)]) == 0
+    assert "**Note:** measured before the fix" in (tmp_path / "gpu-run.md").read_text()
+
+
+def test_render_refuses_the_results_of_an_older_version(bench, tmp_path, capsys):
+    data = results({"cpu": servers(1.0, 1.0, 1.0)}, models=("lenet5",))
+    del data["settings"]["devices"], data["notes"]  # as written before --devices and --note existed
+    saved = tmp_path / "old.json"
+    saved.write_text(json.dumps(data))
+    assert bench.main(["--render", str(saved)]) == 2
+    assert f"bench: --render {saved}: no notes, settings.devices: not the results of this version" in capsys.readouterr().err
+    assert not (tmp_path / "old.md").exists()
+
+
+def test_a_bad_concurrency_is_refused_before_anything_runs(bench, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--concurrency", "0,4"])
+    assert exit_info.value.code == 2 and "'0,4': expected positive integers" in capsys.readouterr().err
+    assert bench.parse_args(["--concurrency", "1, 4", "--devices", "cpu"]).concurrency == (1, 4)
+    assert bench.parse_args(["--devices", "cpu"]).concurrency == (1, 4, 16, 64)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--duration", "nan"], "'nan': expected a positive number of seconds"),
+        (["--duration", "0"], "'0': expected a positive number of seconds"),
+        (["--warmup", "-1"], "'-1': expected a number of seconds >= 0"),
+        (["--rounds", "0"], "expected an integer >= 1, not 0"),
+        (["--slices", "0"], "expected an integer >= 1, not 0"),
+        (["--processes", "two"], "expected an integer >= 1, not 'two'"),
+        (["--devices", "tpu"], "--devices tpu: expected cpu and/or cuda"),
+        (["--models", "resnet"], "unknown models ['resnet']"),
+    ],
+)
+def test_bad_numbers_and_names_exit_2(bench, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_quick_is_one_round_of_1s_steps_in_one_slice(bench):
+    args = bench.parse_args(["--quick", "--devices", "cpu"])
+    assert (args.duration, args.warmup, args.rounds, args.slices) == (1.0, 0.5, 1, 1)
+
+
+def test_results_are_saved_after_every_finished_leg(bench, tmp_path, monkeypatch):
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"onnx")
+    models = [bench.BenchModel(name, tmp_path, onnx, 1000, (3, 32, 32), "fixed seed") for name in ("lenet5", "cifar-cnn")]
+
+    def measure_servers(model, device, args, log):
+        if model.name == "cifar-cnn":
+            raise RuntimeError("edgecnn loadtest failed")
+        return servers(1.0, 1.0, 1.0)
+
+    monkeypatch.setattr(bench, "prepare_models", lambda workdir, names, log: models)
+    monkeypatch.setattr(bench, "machine", dict)
+    monkeypatch.setattr(bench, "cuda_usable", lambda: False)
+    monkeypatch.setattr(bench, "bench_onnxruntime", lambda *args: {"batch1_req_per_s": 300.0})
+    monkeypatch.setattr(bench, "measure_servers", measure_servers)
+    workdir = tmp_path / "work"
+    with pytest.raises(RuntimeError, match="loadtest failed"):
+        bench.main(["--models", "lenet5,cifar-cnn", "--devices", "cpu", "--workdir", str(workdir), "--out", str(tmp_path / "b.md")])
+    saved = json.loads((workdir / "results.json").read_text())
+    assert list(saved["servers"]) == ["lenet5"] and set(saved["servers"]["lenet5"]) == set(bench.SERVERS)
+    assert saved["settings"]["concurrency"] == "1,4,16,64" and saved["settings"]["devices"] == ["cpu"]
+    assert [p.name for p in workdir.iterdir()] == ["results.json"]  # no temporary file left behind
+
+
+def test_floor_server_starts_and_answers_as_onnx_runtime(bench, served_repository, tmp_path):
+    """The bench's floor server starts (its warm-up call included) and answers with the session's logits."""
+    import numpy as np
+    import onnxruntime as ort
+    import tritonclient.grpc as tritonclient_grpc
+
+    from tests.servers import MODEL
+
+    model = bench.BenchModel(MODEL, served_repository.dir, served_repository.onnx, 0, (1, 28, 28), "test")
+    cmd, ready = bench.server_command("floor", model, threads=1, delay_us=0, device="cpu")
+    log = tmp_path / "floor.log"
+    with bench.running(cmd, ready, log) as address:
+        client = tritonclient_grpc.InferenceServerClient(url=address)
+        assert list(client.get_model_metadata(MODEL).inputs[0].shape) == [-1, 1, 28, 28]
+        x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+        tensor = tritonclient_grpc.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        got = client.infer(MODEL, [tensor]).as_numpy("logits")
+    session = ort.InferenceSession(str(served_repository.onnx), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(got, session.run(None, {"input": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_servers_are_measured_in_alternating_slices_and_pooled_per_round(bench, tmp_path, monkeypatch):
+    """Every step: `slices` slices per server, alternating between the three, the order rotating
+    each slice; a row pools them all, and its runs are the rounds."""
+    from contextlib import contextmanager, nullcontext
+
+    from edgecnn.loadtest.stats import StepResult, WorkerResult, new_histogram
+
+    started, order = [], []
+
+    @contextmanager
+    def running(cmd, ready, log_path):
+        started.append(log_path.name)
+        yield log_path.name.split("-round")[0]
+
+    def run_slice(plan, concurrency, pool):
+        kind = plan.target.server.rsplit("-cpu", 1)[0].split("lenet5-", 1)[1]
+        order.append((kind, concurrency))
+        ok = {"floor": 100, "batching-off": 90, "batching-on": 80}[kind]
+        histogram = new_histogram()
+        histogram.record_value(1000)
+        worker = WorkerResult(histogram=histogram.encode(), ok=ok, errors={}, window_s=1.0, window_ok=ok, cpu_s=0.1, wall_s=1.0)
+        return StepResult("closed", concurrency, None, 1, [worker]).to_dict()
+
+    monkeypatch.setattr(bench, "running", running)
+    monkeypatch.setattr(side_by_side, "WorkerPool", lambda processes: nullcontext())
+    monkeypatch.setattr(side_by_side, "run_slice", run_slice)
+    args = bench.parse_args(["--devices", "cpu", "--rounds", "2", "--slices", "2", "--concurrency", "1,4", "--workdir", str(tmp_path)])
+    model = bench.BenchModel("lenet5", tmp_path, tmp_path / "model.onnx", 1000, (1, 28, 28), "test")
+    reports = bench.measure_servers(model, "cpu", args, lambda message: None)
+
+    kinds = list(bench.SERVERS)
+    assert started == [f"lenet5-{kind}-cpu-round{r}.log" for r in (1, 2) for kind in kinds], "all three up together, fresh each round"
+    assert [kind for kind, _ in order[:6]] == kinds[0:] + kinds[1:] + kinds[:1], "round 1, c=1: slice 1 then slice 2, rotated"
+    assert [c for _, c in order] == [1] * 6 + [4] * 6 + [1] * 6 + [4] * 6
+    assert [kind for kind, _ in order[12:15]] == kinds[2:] + kinds[:2], "round 2 starts where round 1 left off"
+    for kind, report in reports.items():
+        assert [step["concurrency"] for step in report["steps"]] == [1, 4]
+        for step in report["steps"]:
+            assert len(step["runs"]) == 2, "one run per round"
+            assert step["duration_s"] == 4.0  # 2 rounds x 2 slices x 1 s
+    assert reports["floor"]["steps"][0]["req_per_s"] / reports["batching-on"]["steps"][0]["req_per_s"] == pytest.approx(100 / 80)
