@@ -4,6 +4,7 @@
     <repo>/<name>/labels.txt              one class label per line
     <repo>/<name>/<version>/model.onnx    float32 NCHW input "input", float32 output "logits"
     <repo>/<name>/<version>/verification.json
+    <repo>/<name>/<version>/selftest.npz  golden inputs and logits to check a loaded version with
 
 Everything a consumer needs to preprocess an image and name the class is also inside the
 ONNX file as metadata_props under the keys below. No torch here: the server imports this.
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from google.protobuf import text_format
 
 from edgecnn.protos import model_config_pb2
@@ -24,6 +26,9 @@ CONFIG_NAME = "config.pbtxt"
 LABELS_NAME = "labels.txt"
 MODEL_FILENAME = "model.onnx"
 VERIFICATION_NAME = "verification.json"
+# np.savez: inputs float32 [N, C, H, W], logits float32 [N, K] (ONNX Runtime CPU on model.onnx),
+# atol and rtol float32 scalars (the tolerance check_selftest applies). See export/selftest_writer.py.
+SELFTEST_NAME = "selftest.npz"
 PLATFORM = "onnxruntime_onnx"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -47,7 +52,8 @@ class Meta:
     DATASET = "edgecnn.dataset"
     TEST_ACCURACY = "edgecnn.test_accuracy"  # from training, PyTorch FP32
     CHECKPOINT_SHA256 = "edgecnn.checkpoint_sha256"
-    CHECKPOINT_PATH = "edgecnn.checkpoint_path"
+    # The checkpoint's file name ("model.pt"), never its path: `edgecnn verify --run-dir` says where it is.
+    CHECKPOINT_FILE = "edgecnn.checkpoint_file"
     TORCH_VERSION = "edgecnn.torch_version"
     EDGECNN_VERSION = "edgecnn.version"
     QUANTIZATION = "edgecnn.quantization"  # none | int8 | fp16
@@ -145,6 +151,38 @@ class ModelVersionPath:
     @property
     def verification_path(self) -> Path:
         return self.version_dir / VERIFICATION_NAME
+
+    @property
+    def selftest_path(self) -> Path:
+        return self.version_dir / SELFTEST_NAME
+
+
+def check_selftest(outputs: np.ndarray, expected: np.ndarray, atol: float, rtol: float) -> str | None:
+    """None when outputs reproduce a version's selftest.npz logits: every value within
+    atol + rtol * |expected| and the same top-1 class in every row; else one line naming the worst row."""
+    outputs, expected = np.asarray(outputs), np.asarray(expected)
+    if outputs.shape != expected.shape or expected.ndim != 2 or expected.shape[1] == 0:
+        return f"outputs have shape {list(outputs.shape)}, expected {list(expected.shape)} (rows x classes)"
+    rows = len(expected)
+    non_finite = np.flatnonzero(~np.isfinite(outputs).all(axis=1))
+    if non_finite.size:
+        return f"row {non_finite[0]} of {rows}: non-finite outputs ({non_finite.size} rows have some)"
+    error = np.abs(outputs.astype(np.float64) - expected.astype(np.float64))
+    allowed = float(atol) + float(rtol) * np.abs(expected.astype(np.float64))
+    excess = (error - allowed).max(axis=1, initial=-np.inf)
+    got_class, want_class = outputs.argmax(axis=1), expected.argmax(axis=1)
+    failing = (excess > 0) | (got_class != want_class)
+    if not failing.any():
+        return None
+    worst = int(np.flatnonzero(failing)[np.argmax(excess[failing])])
+    column = int(np.argmax(error[worst] - allowed[worst]))
+    reason = (
+        f"row {worst} of {rows}: max |error| {error[worst].max():.3g} (at class {column}: allowed "
+        f"{allowed[worst, column]:.3g} = atol {float(atol):g} + rtol {float(rtol):g} x |{expected[worst, column]:.4g}|)"
+    )
+    if got_class[worst] != want_class[worst]:
+        reason += f", top-1 class {got_class[worst]} instead of {want_class[worst]}"
+    return reason + f"; {int(failing.sum())} of {rows} rows differ"
 
 
 def list_models(repository: Path) -> list[ModelVersionPath]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
 from edgecnn.export.verify import (
     AUTO,
@@ -15,35 +14,11 @@ from edgecnn.export.verify import (
     DEFAULT_TEST_IMAGES,
     Thresholds,
 )
+from edgecnn.number_args import int_at_least, non_negative_float
 
 # Exit codes: a verification that ran and found a breach, and input the command could not use.
 EXIT_BREACH = 1
 EXIT_BAD_INPUT = 2
-
-
-def int_at_least(minimum: int, meaning: str = "") -> Callable[[str], int]:
-    """An argparse type: an integer >= minimum (argparse then exits 2 naming the flag)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}{meaning}, not {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}{meaning}, not {value}")
-        return value
-
-    return parse
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, not {text!r}") from None
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, not {text}")
-    return value
 
 
 def add_verification_args(parser: argparse.ArgumentParser) -> None:

@@ -11,12 +11,11 @@ import json
 import logging
 import sys
 
-from edgecnn.export.checks import CheckError
+from edgecnn.export.onnx_checks import CheckError
 from edgecnn.export.cli_args import (
     EXIT_BREACH,
     add_verification_args,
     fail,
-    int_at_least,
     test_images_from,
     thresholds_from,
 )
@@ -29,6 +28,7 @@ from edgecnn.export.onnx_export import (
 )
 from edgecnn.export.quantize import QUANTIZATIONS
 from edgecnn.export.verify import VerificationError, format_report
+from edgecnn.number_args import int_at_least
 from edgecnn.repository import DEFAULT_MAX_BATCH_SIZE, RepositoryError
 
 

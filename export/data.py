@@ -83,3 +83,14 @@ def dataset_sample(
     source = f"{len(pick)} random images of the {dataset} {split} split (seed {seed})"
     x = normalize(loaded.images[pick], loaded.mean, loaded.std)
     return Images(x, loaded.labels[pick], source), source
+
+
+def dataset_pixels(
+    dataset: str, split: str, count: int, input_shape: list[int] | tuple[int, ...], data_dir: str | Path | None = None
+) -> tuple[np.ndarray | None, str]:
+    """The first count images of a split as stored (uint8 NCHW, not normalized), or None and why not."""
+    loaded, why = _load(dataset, split, input_shape, data_dir)
+    if loaded is None:
+        return None, why
+    n = min(count, len(loaded))
+    return loaded.images[:n], f"{dataset} {split} split, first {n} of {len(loaded)} images"

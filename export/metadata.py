@@ -31,7 +31,7 @@ def build_metadata(meta: dict[str, Any], checkpoint: Path, checkpoint_sha256: st
         Meta.DATASET: meta["dataset"],
         Meta.TEST_ACCURACY: meta.get("test_accuracy"),
         Meta.CHECKPOINT_SHA256: checkpoint_sha256,
-        Meta.CHECKPOINT_PATH: str(Path(checkpoint).resolve()),
+        Meta.CHECKPOINT_FILE: Path(checkpoint).name,  # no machine path in a file that travels
         Meta.TORCH_VERSION: torch.__version__,
         Meta.EDGECNN_VERSION: __version__,
         Meta.QUANTIZATION: quantization,

@@ -1,10 +1,11 @@
 """Export a training run into a model repository, atomically and only when it verifies.
 
-The version is built in a staging folder inside the repository (same filesystem). Everything is
-converted, checked, verified and validated first; the one change to the repository is the final
-rename of the staged version (or, for a new model, of the staged model folder with its
-config.pbtxt and labels.txt). Any failure before it leaves the repository exactly as it was, and
-a new version never rewrites what older versions share (config.pbtxt, labels.txt).
+The version (model.onnx, verification.json, selftest.npz) is built in a staging folder inside the
+repository (same filesystem). Everything is converted, checked, verified and validated first; the
+one change to the repository is the final rename of the staged version (or, for a new model, of
+the staged model folder with its config.pbtxt and labels.txt). Any failure before it leaves the
+repository exactly as it was, and a new version never rewrites what older versions share
+(config.pbtxt, labels.txt).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import onnx
 import torch
 from torch import nn
 
-from edgecnn.export.checks import check_onnx
+from edgecnn.export.onnx_checks import check_onnx
 from edgecnn.export.data import dataset_sample, random_inputs, run_data_dir
 from edgecnn.export.metadata import CALIBRATION_KEY, build_metadata, set_metadata
 from edgecnn.export.quantize import QUANTIZATIONS, convert_fp16, quantize_int8
+from edgecnn.export.selftest_writer import build_selftest, write_selftest
 from edgecnn.export.source import load_source
 from edgecnn.export.verify import (
     AUTO,
@@ -43,6 +45,7 @@ from edgecnn.repository import (
     LABELS_NAME,
     MODEL_FILENAME,
     OUTPUT_NAME,
+    SELFTEST_NAME,
     VERIFICATION_NAME,
     ModelVersionPath,
     build_config,
@@ -279,6 +282,9 @@ def export_run(
             if not report["passed"]:
                 raise VerificationFailed(report)
             write_report(report, staged_version / VERIFICATION_NAME)
+        # The server's load-time check: inputs and the CPU logits of the file that passed verification.
+        selftest = build_selftest(staged_version / MODEL_FILENAME, metadata, thresholds.atol, thresholds.rtol, data_dir)
+        write_selftest(staged_version / SELFTEST_NAME, selftest)
         # The model folder may have changed during the (long) verification: check it again, then
         # make the one change to the repository.
         current = _existing_config(model_dir)

@@ -24,11 +24,11 @@ from torch import nn
 
 from edgecnn.export.data import Images, dataset_images, random_inputs, run_data_dir
 from edgecnn.export.metadata import read_metadata
-from edgecnn.export.runtime import make_session, run_batched
+from edgecnn.export.cpu_inference import make_session, run_batched
 from edgecnn.export.source import first_line, load_source
 from edgecnn.atomic_files import write_text_atomic
 from edgecnn.repository import Meta
-from edgecnn.training.checkpoint import file_sha256
+from edgecnn.training.checkpoint import CHECKPOINT_NAME, file_sha256
 
 DEFAULT_SAMPLES = 100
 DEFAULT_TEST_IMAGES = 1000  # FP32: enough for top-1 agreement; INT8/FP16 gate on the whole split
@@ -253,26 +253,32 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def load_source_model(metadata: dict[str, Any]) -> tuple[nn.Module, dict[str, Any], Path]:
-    """The PyTorch model an ONNX file was exported from, after checking the checkpoint is unchanged."""
-    path = metadata.get(Meta.CHECKPOINT_PATH)
+def load_source_model(metadata: dict[str, Any], run_dir: str | Path) -> tuple[nn.Module, dict[str, Any], Path]:
+    """The PyTorch model an ONNX file was exported from: the checkpoint its metadata names (by file
+    name) in run_dir (or run_dir itself when it is a file), after checking it is unchanged (sha256)."""
+    name = Path(metadata.get(Meta.CHECKPOINT_FILE) or CHECKPOINT_NAME).name  # before the key: model.pt
     expected = metadata.get(Meta.CHECKPOINT_SHA256)
-    if not path or not expected:
-        raise VerificationError(f"the ONNX metadata records no source checkpoint ({Meta.CHECKPOINT_PATH}, {Meta.CHECKPOINT_SHA256})")
-    path = Path(path)
+    if not expected:
+        raise VerificationError(f"the ONNX metadata records no source checkpoint ({Meta.CHECKPOINT_SHA256})")
+    run_dir = Path(run_dir)
+    path = run_dir / name if run_dir.is_dir() else run_dir
     if not path.is_file():
-        raise VerificationError(f"source checkpoint {path} is gone; cannot compare against PyTorch")
+        raise VerificationError(
+            f"source checkpoint {path} is gone (is --run-dir the training run this model was exported from?); "
+            "cannot compare against PyTorch"
+        )
     actual = file_sha256(path)
     if actual != expected:
         raise VerificationError(
-            f"source checkpoint {path} changed since export: sha256 {actual} != recorded {expected}"
+            f"source checkpoint {path} changed since export: sha256 {actual} != recorded {expected} "
+            "(or --run-dir is another run)"
         )
     model, meta = load_source(path)
     return model, meta, path
 
 
-def verify_file(onnx_path: Path, **kwargs: Any) -> dict[str, Any]:
-    """verify_onnx for a file in a repository, against the checkpoint its metadata names."""
+def verify_file(onnx_path: Path, run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """verify_onnx for a file in a repository, against the checkpoint its metadata names, found in run_dir."""
     try:
         metadata = read_metadata(onnx_path)
     except (DecodeError, OSError) as exc:
@@ -280,7 +286,7 @@ def verify_file(onnx_path: Path, **kwargs: Any) -> dict[str, Any]:
     missing = [key for key in (Meta.INPUT_SHAPE, Meta.DATASET) if key not in metadata]
     if missing:
         raise VerificationError(f"{onnx_path} lacks the edgecnn metadata {', '.join(missing)}: not exported by edgecnn?")
-    model, _, checkpoint = load_source_model(metadata)
+    model, _, checkpoint = load_source_model(metadata, run_dir)
     if kwargs.get("data_dir") is None:
         kwargs["data_dir"] = run_data_dir(checkpoint.parent)
     return verify_onnx(onnx_path, model, metadata, **kwargs)

@@ -25,7 +25,7 @@ import onnxruntime as ort
 from edgecnn.export.data import dataset_images, random_inputs, run_data_dir
 from edgecnn.export.metadata import CALIBRATION_KEY
 from edgecnn.export.onnx_export import export_run
-from edgecnn.export.runtime import make_session, run_batched
+from edgecnn.export.cpu_inference import make_session, run_batched
 from edgecnn.export.untrained import fixed_seed_run
 from edgecnn.export.verify import Thresholds, compare, torch_logits
 from edgecnn.training.checkpoint import load_checkpoint

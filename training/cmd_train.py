@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from edgecnn.checks import is_non_negative, is_positive
+from edgecnn.number_args import is_non_negative, is_positive
 from edgecnn.training.datasets import DATASETS, DatasetNotFoundError
 from edgecnn.training.models import MODELS
 

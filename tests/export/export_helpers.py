@@ -1,14 +1,18 @@
-"""Helpers for the export tests (imported by tests/test_export.py, test_verify.py, test_quantize.py)."""
+"""Helpers for the export tests in tests/export (export, verify, quantize, selftest)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from edgecnn.export import untrained
+from edgecnn.export.cpu_inference import make_session
+from edgecnn.export.selftest_writer import SELFTEST_IMAGES
+from edgecnn.repository import INPUT_NAME, check_selftest
 from edgecnn.training.checkpoint import load_checkpoint, save_checkpoint
 
 # The dataset each architecture is exported for in the tests.
@@ -66,3 +70,34 @@ def one_line_error(capsys, command: str) -> str:
     lines = [line for line in captured.err.splitlines() if line.startswith(f"edgecnn {command}:")]
     assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
     return lines[0]
+
+
+def refused_flag(capsys, flag: str) -> str:
+    """argparse's error for a flag value out of range, as it must look: naming the flag and what it expects."""
+    err = capsys.readouterr().err
+    line = next((line for line in err.splitlines() if f"argument {flag}: " in line), "")
+    assert "expected" in line.partition(f"argument {flag}: ")[2], err
+    return line
+
+
+SELFTEST_KEYS = {"inputs", "logits", "atol", "rtol"}
+
+
+def load_selftest(path) -> dict[str, np.ndarray]:
+    with np.load(path) as npz:
+        assert set(npz.files) == SELFTEST_KEYS
+        return {k: npz[k] for k in npz.files}
+
+
+def assert_reproduces(version, input_shape, classes=10) -> dict[str, np.ndarray]:
+    """The npz of an exported version has the format the server reads, and its own file reproduces it."""
+    selftest = load_selftest(version.selftest_path)
+    inputs, logits = selftest["inputs"], selftest["logits"]
+    assert inputs.dtype == logits.dtype == np.float32
+    assert inputs.shape == (SELFTEST_IMAGES, *input_shape) and logits.shape == (SELFTEST_IMAGES, classes)
+    assert selftest["atol"].dtype == selftest["rtol"].dtype == np.float32
+    assert selftest["atol"].shape == selftest["rtol"].shape == ()
+    (again,) = make_session(version.onnx_path).run(None, {INPUT_NAME: inputs})
+    np.testing.assert_allclose(again, logits, rtol=0, atol=1e-5)
+    assert check_selftest(again, logits, selftest["atol"], selftest["rtol"]) is None
+    return selftest

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
-from edgecnn.export.runtime import make_session
+from edgecnn.export.cpu_inference import make_session
 from edgecnn.repository import INPUT_NAME, OUTPUT_NAME
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgecnn.export.golden import (
+from tests.export.lecture_examples import (
     CONV_EXAMPLES,
     EXERCISE,
     ExerciseCNN,
@@ -24,9 +24,9 @@ from edgecnn.export.golden import (
     exercise_with_softmax,
     image_tensor,
 )
-from edgecnn.export.checks import check_onnx
+from edgecnn.export.onnx_checks import check_onnx
 from edgecnn.export.onnx_export import to_onnx
-from edgecnn.export.runtime import make_session
+from edgecnn.export.cpu_inference import make_session
 from edgecnn.training.models import count_parameters
 
 

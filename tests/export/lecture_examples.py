@@ -1,4 +1,4 @@
-"""The CNN lecture's worked examples as fixed-weight modules (golden tests of the exporter).
+"""The CNN lecture's worked examples as fixed-weight modules (golden tests of the exporter, tests/export/test_golden.py).
 
 Each example carries the numbers the lecture prints, by (row, col), so tests can hold PyTorch
 and ONNX Runtime to them. The lecture's convolution is cross-correlation (no kernel flip),

@@ -17,7 +17,7 @@ from edgecnn.export.onnx_export import ExportError, export_run
 from edgecnn.export.verify import Thresholds, compare, find_breaches, verify_file
 from edgecnn.training import datasets
 from edgecnn.training.checkpoint import load_checkpoint, save_checkpoint
-from tests.export_helpers import fixed_seed_run, one_line_error, snapshot
+from tests.export.export_helpers import fixed_seed_run, one_line_error, refused_flag, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +31,15 @@ def exported(tmp_path_factory, fashion_mnist_dir):
 
 @pytest.fixture
 def workspace(exported, tmp_path):
-    """A private copy of the exported repository whose metadata still points at the module's run."""
+    """A private copy of the exported repository, and the module's run it was exported from."""
     shutil.copytree(exported / "repo", tmp_path / "repo")
     return tmp_path / "repo" / "lenet5", exported / "run"
 
 
 def test_verify_cli_passes_and_writes_the_report(workspace, capsys):
-    model_dir, _ = workspace
+    model_dir, run = workspace
     (model_dir / "1" / "verification.json").unlink()
-    code = cli_main(["verify", str(model_dir), "--samples", "20", "--test-images", "300"])
+    code = cli_main(["verify", str(model_dir), "--run-dir", str(run), "--samples", "20", "--test-images", "300"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "verification PASSED" in out and "max abs error" in out and "top-1 agreement" in out
@@ -51,7 +51,7 @@ def test_verify_cli_passes_and_writes_the_report(workspace, capsys):
 
 
 def test_a_perturbed_onnx_file_fails_naming_the_worst_sample(workspace, capsys):
-    model_dir, _ = workspace
+    model_dir, run = workspace
     path = model_dir / "1" / "model.onnx"
     model = onnx.load(path)
     bias = {i.name: i for i in model.graph.initializer}[model.graph.node[-1].input[2]]
@@ -60,14 +60,15 @@ def test_a_perturbed_onnx_file_fails_naming_the_worst_sample(workspace, capsys):
     bias.CopyFrom(numpy_helper.from_array(values, bias.name))
     onnx.save(model, path)
 
-    code = cli_main(["verify", str(model_dir), "--samples", "5", "--test-images", "50"])
+    args = ["verify", str(model_dir), "--run-dir", str(run), "--samples", "5", "--test-images", "50"]
+    code = cli_main(args)
     out = capsys.readouterr().out
     assert code == 1
     assert "verification FAILED" in out and "BREACH" in out and "worst is test image #" in out
     report = json.loads((model_dir / "1" / "verification.json").read_text())
     assert not report["passed"] and report["comparisons"][0]["max_abs_error"] == pytest.approx(5e-4, rel=1e-2)
     # a looser tolerance accepts the same file
-    assert cli_main(["verify", str(model_dir), "--samples", "5", "--test-images", "50", "--atol", "1e-3"]) == 0
+    assert cli_main(args + ["--atol", "1e-3"]) == 0
 
 
 def test_a_changed_or_missing_checkpoint_fails_clearly(exported, tmp_path, capsys):
@@ -79,19 +80,33 @@ def test_a_changed_or_missing_checkpoint_fails_clearly(exported, tmp_path, capsy
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
     save_checkpoint(run / "model.pt", model, meta)
-    assert cli_main(["verify", str(repo / "lenet5")]) == 2
+    args = ["verify", str(repo / "lenet5"), "--run-dir", str(run)]
+    assert cli_main(args) == 2
     assert "changed since export: sha256" in one_line_error(capsys, "verify")
 
     (run / "model.pt").unlink()
-    assert cli_main(["verify", str(repo / "lenet5")]) == 2
+    assert cli_main(args) == 2
     assert "is gone" in one_line_error(capsys, "verify")
     assert not (repo / "lenet5" / "1" / "verification.json").exists()
 
 
 def test_unknown_version_is_refused(workspace, capsys):
-    model_dir, _ = workspace
-    assert cli_main(["verify", str(model_dir), "--version", "9"]) == 2
+    model_dir, run = workspace
+    assert cli_main(["verify", str(model_dir), "--run-dir", str(run), "--version", "9"]) == 2
     assert "no version 9" in one_line_error(capsys, "verify")
+
+
+def test_verify_needs_the_run_dir_and_finds_a_moved_run_by_it(workspace, tmp_path, capsys):
+    """The ONNX file records the checkpoint's file name and sha256, not where it was: --run-dir says."""
+    model_dir, run = workspace
+    assert cli_main(["verify", str(model_dir)]) == 2
+    assert "needs --run-dir RUN_DIR" in one_line_error(capsys, "verify")
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(run, moved)
+    args = ["--samples", "4", "--test-images", "20"]
+    assert cli_main(["verify", str(model_dir), "--run-dir", str(moved), *args]) == 0, capsys.readouterr().err
+    # the checkpoint file itself works as well
+    assert cli_main(["verify", str(model_dir), "--run-dir", str(moved / "model.pt"), *args]) == 0
 
 
 def _unknown_op(path: Path) -> None:
@@ -113,20 +128,21 @@ def _unknown_op(path: Path) -> None:
     ids=["garbage", "truncated", "unknown-op", "foreign"],
 )
 def test_an_unreadable_onnx_file_gives_one_clear_line(workspace, capsys, damage, expected):
-    model_dir, _ = workspace
+    model_dir, run = workspace
     (model_dir / "1" / "verification.json").unlink()
     damage(model_dir / "1" / "model.onnx")
-    assert cli_main(["verify", str(model_dir), "--samples", "2", "--test-images", "0"]) == 2
+    assert cli_main(["verify", str(model_dir), "--run-dir", str(run), "--samples", "2", "--test-images", "0"]) == 2
     assert expected in one_line_error(capsys, "verify")
     assert not (model_dir / "1" / "verification.json").exists()
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--samples", "-1"), ("--test-images", "-2"), ("--rtol", "nan"), ("--version", "x")])
 def test_verify_refuses_out_of_range_numbers(workspace, capsys, flag, value):
-    model_dir, _ = workspace
+    model_dir, run = workspace
     with pytest.raises(SystemExit) as exited:
-        cli_main(["verify", str(model_dir), flag, value])
-    assert exited.value.code == 2 and f"argument {flag}: expected" in capsys.readouterr().err
+        cli_main(["verify", str(model_dir), "--run-dir", str(run), flag, value])
+    assert exited.value.code == 2
+    refused_flag(capsys, flag)
 
 
 def test_missing_dataset_falls_back_to_random_inputs_and_says_so(tmp_path, monkeypatch, capsys):
@@ -155,7 +171,7 @@ def test_missing_dataset_falls_back_to_random_inputs_and_says_so(tmp_path, monke
     int8 = export_run(run, repository, quantize="int8", verify=False, calibration_images=16, calibrate_on_random=True)
     calibration = onnx_metadata(int8.onnx_path)["edgecnn.calibration"]
     assert calibration.startswith("16 standard-normal random inputs (--calibrate-on-random; dataset 'cifar10' not found")
-    failed = verify_file(int8.onnx_path, samples=8)
+    failed = verify_file(int8.onnx_path, run, samples=8)
     assert not failed["passed"]
     assert any("accuracy-drop gate needs test images" in b for b in failed["breaches"])
 

@@ -14,7 +14,7 @@ from edgecnn.export.metadata import CALIBRATION_KEY, read_metadata
 from edgecnn.export.onnx_export import export_run
 from edgecnn.repository import Meta
 from edgecnn.training.train import TrainConfig, train
-from tests.export_helpers import snapshot
+from tests.export.export_helpers import assert_reproduces, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,14 @@ def test_a_badly_calibrated_int8_model_breaches_the_gate_unless_loosened(trained
     out = capsys.readouterr().out
     assert "(int8)" in out and "drop" in out and "verification PASSED" in out
     assert (repository / "lenet5-int8" / "2" / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize("quantization", ["none", "int8", "fp16"])
+def test_each_variant_carries_a_selftest_its_file_reproduces(variants, quantization):
+    selftest = assert_reproduces(variants[quantization], (1, 28, 28))
+    if quantization == "none":
+        assert selftest["atol"] == np.float32(1e-4)
+    else:  # what another execution provider can meet: 5% of the largest |logit|, at least 1e-2
+        largest = np.abs(selftest["logits"]).max()
+        assert selftest["atol"] >= max(np.float32(1e-2), np.float32(0.05) * largest)
+    assert selftest["rtol"] == 0

@@ -16,17 +16,17 @@ from onnx import numpy_helper
 from edgecnn import __version__
 from edgecnn.cli import main as cli_main
 from edgecnn.export import onnx_export
-from edgecnn.export.checks import CheckError
+from edgecnn.export.onnx_checks import CheckError
 from edgecnn.export.metadata import read_metadata
 from edgecnn.export.onnx_export import ExportError, VerificationFailed, export_run
-from edgecnn.export.runtime import make_session
+from edgecnn.export.cpu_inference import make_session
 from edgecnn.protos import model_config_pb2
 from edgecnn.repository import Meta, read_labels, versions
 from edgecnn.training.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from edgecnn.training.models import build_model
 from edgecnn.training.datasets import get_info, load_split
 from tests.datafiles import write_cifar_dataset
-from tests.export_helpers import DATASET_FOR, fixed_seed_run, one_line_error, snapshot
+from tests.export.export_helpers import DATASET_FOR, fixed_seed_run, one_line_error, refused_flag, snapshot
 
 HEAVY = {"cifar-mlp", "mobilenet-v2"}
 
@@ -99,7 +99,11 @@ def test_metadata_round_trip_is_all_a_consumer_needs(lenet_repo, lenet_run):
     assert meta[Meta.PARAMS] == 44_426 and meta[Meta.DATASET] == "fashion-mnist"
     assert meta[Meta.TEST_ACCURACY] == ckpt["test_accuracy"]
     assert meta[Meta.CHECKPOINT_SHA256] == file_sha256(lenet_run / "model.pt")
-    assert meta[Meta.CHECKPOINT_PATH] == str((lenet_run / "model.pt").resolve())
+    assert meta[Meta.CHECKPOINT_FILE] == "model.pt"
+    # no machine path travels with the file: nothing in its metadata names where the run was
+    props = {p.key: p.value for p in onnx.load(onnx_path).metadata_props}
+    assert "edgecnn.checkpoint_path" not in props
+    assert not [k for k, v in props.items() if str(lenet_run.parent) in v or str(lenet_run.resolve().parent) in v]
     assert meta[Meta.TORCH_VERSION] == str(torch.__version__) and meta[Meta.EDGECNN_VERSION] == __version__
     assert meta[Meta.QUANTIZATION] == "none"
 
@@ -121,6 +125,7 @@ def test_metadata_round_trip_is_all_a_consumer_needs(lenet_repo, lenet_run):
 def test_next_export_is_version_2_and_an_existing_version_is_refused(lenet_repo, lenet_run):
     result = export_run(lenet_run, lenet_repo, verify=False)
     assert result.version == 2 and result.onnx_path.is_file() and not result.verification_path.exists()
+    assert result.selftest_path.is_file()  # --no-verify still writes the load-time self-test
     before = snapshot(lenet_repo)
     with pytest.raises(ExportError, match="already exists"):
         export_run(lenet_run, lenet_repo, version=1, verify=False)
@@ -215,7 +220,7 @@ def test_cli_refuses_out_of_range_numbers(flag, value, lenet_run, tmp_path, caps
     with pytest.raises(SystemExit) as exited:
         cli_main(["export", str(lenet_run), "--repository", str(tmp_path / "r"), flag, value])
     assert exited.value.code == 2
-    assert f"argument {flag}: expected" in capsys.readouterr().err
+    refused_flag(capsys, flag)
     assert not (tmp_path / "r").exists()
 
 
@@ -353,6 +358,7 @@ def cached_conversion(monkeypatch, lenet_onnx):
 FAULTS = {
     "onnx.save": (onnx, "save"),
     "write_report": (onnx_export, "write_report"),
+    "write_selftest": (onnx_export, "write_selftest"),
     "config_to_text": (onnx_export, "config_to_text"),
     "write_labels": (onnx_export, "write_labels"),
     "os.rename": (onnx_export.os, "rename"),
