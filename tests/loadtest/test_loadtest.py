@@ -21,7 +21,7 @@ from edgecnn.loadtest.runner import Plan, shares, split, split_in_proportion
 from edgecnn.loadtest.stats import SATURATION_CPU, StepResult, WorkerResult, latency_ms, new_histogram, pool_steps
 from edgecnn.loadtest.worker import WorkerSpec, measure
 from edgecnn.loadtest.workload import Target
-from tests.conftest_server import self_signed_cert
+from tests.certs import self_signed_cert
 from tests.servers import MODEL, TOKEN, running_server
 
 LATENCY_KEYS = {"p50", "p90", "p95", "p99", "p99.9", "max", "mean", "min"}
