@@ -31,7 +31,7 @@ import collections
 import functools
 import logging
 from concurrent.futures import Executor
-from time import monotonic, perf_counter
+from time import monotonic, perf_counter, perf_counter_ns
 
 import numpy as np
 
@@ -39,6 +39,7 @@ from .errors import QueueFull, Unavailable
 from .inline import inline_rows, runs_inline
 from .metrics import ModelMetrics
 from .model_version import ModelVersion
+from .statistics import VersionStatistics
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,15 @@ class _Item:
 
 
 class Batcher:
-    """Runs a model version's requests; every method but _timed_compute runs on the event loop."""
+    """Runs a model version's requests; every method but _timed_run and _timed_compute runs on
+    the event loop, and so do all writes to `stats` (the worker threads only measure: statistics.py)."""
 
     def __init__(self, mv: ModelVersion, executor: Executor, metrics: ModelMetrics) -> None:
         serving = mv.serving
         self.mv = mv
         self._executor = executor
         self._metrics = metrics
+        self.stats = VersionStatistics()  # Triton's ModelStatistics of this version
         self._max_queue = serving.max_queue
         self.inline_max_s = serving.inline_max_s
         self.max_batch = serving.max_batch_size
@@ -104,7 +107,10 @@ class Batcher:
         if not self._pending and runs_inline(len(x) * self.mv.batch1_s, self.inline_max_s, self._running + len(self._direct)):
             # Nothing to merge with, and no worker thread to hand over to: run now, on the loop.
             self._metrics.queue_wait.observe(0.0)
-            return self._timed_compute(x)
+            out, took = self._timed_compute(x)
+            self.stats.queued(0)
+            self.stats.executed(len(x), 1, took)
+            return out
         if not self.batching:
             return await self._infer_direct(x)
         if len(self._pending) >= self._max_queue:
@@ -136,7 +142,7 @@ class Batcher:
         call = asyncio.get_running_loop().run_in_executor(self._executor, self._timed_run, x, perf_counter())
         self._direct.add(call)
         try:
-            return await call
+            out, waited, took = await call
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if self._stopped and not (task and task.cancelling()):  # cut short by stop(), not by the client
@@ -145,10 +151,16 @@ class Batcher:
         finally:
             self._direct.discard(call)
 
-    def _timed_run(self, x: np.ndarray, enqueued: float) -> np.ndarray:
-        self._metrics.queue_wait.observe(perf_counter() - enqueued)
-        return self._timed_compute(x)
+    def _timed_run(self, x: np.ndarray, enqueued: float) -> tuple[np.ndarray, int, int]:
+        """On a worker thread: the logits, the ns waited for the thread and the ns computed."""
+        waited = perf_counter() - enqueued
+        self._metrics.queue_wait.observe(waited)
+        out, took = self._timed_compute(x)
+        return out, int(waited * 1e9), took
 
+        self.stats.queued(waited)
+        self.stats.executed(len(x), 1, took)
+        return out
     def _schedule(self) -> None:
         if not self._scheduled:
             self._scheduled = True
@@ -195,7 +207,9 @@ class Batcher:
             return False
         start = perf_counter()
         for item in batch:
-            self._metrics.queue_wait.observe(start - item.enqueued)
+            waited = start - item.enqueued
+            self._metrics.queue_wait.observe(waited)
+            self.stats.queued(int(waited * 1e9))
         try:
             x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
         except MemoryError as exc:
@@ -203,29 +217,33 @@ class Batcher:
             return False
         if runs_inline(len(x) * self.mv.batch1_s, self.inline_max_s, self._running):
             try:
-                out = self._timed_compute(x)
+                out, took = self._timed_compute(x)
             except Exception as exc:
                 self._fail_logged(batch, exc)
+        merged = int((perf_counter() - start) * 1e9) if len(batch) > 1 else 0
             else:
                 self._deliver(batch, out)
             return True
         try:
             done = asyncio.get_running_loop().run_in_executor(self._executor, self._timed_compute, x)
         except RuntimeError as exc:  # the executor is shut down
+                self.stats.executed(len(x), len(batch), took, merged)
             self._fail(batch, Unavailable(f"model {self.mv.name!r} is shutting down: {exc}"))
             return False
         self._running += 1
-        done.add_done_callback(functools.partial(self._finish, batch))
+        done.add_done_callback(functools.partial(self._finish, batch, merged))
         return False
 
-    def _finish(self, batch: list[_Item], done: asyncio.Future) -> None:
+    def _finish(self, batch: list[_Item], merged: int, done: asyncio.Future) -> None:
         self._running -= 1
         if done.cancelled():
             self._fail(batch, self._shutting_down())
         elif (exc := done.exception()) is not None:
             self._fail_logged(batch, exc)
         else:
-            self._deliver(batch, done.result())
+            out, took = done.result()
+            self.stats.executed(len(out), len(batch), took, merged)
+            self._deliver(batch, out)
         self._dispatch()
 
     @staticmethod
@@ -247,9 +265,11 @@ class Batcher:
             if not item.future.done():
                 item.future.set_exception(exc)
 
-    def _timed_compute(self, x: np.ndarray) -> np.ndarray:
-        start = perf_counter()
+    def _timed_compute(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+        """The logits and the ns ONNX Runtime took (on the loop or a worker thread)."""
+        start = perf_counter_ns()
         out = self.mv.run(x)
-        self._metrics.inference.observe(perf_counter() - start)
+        took = perf_counter_ns() - start
+        self._metrics.inference.observe(took / 1e9)
         self._metrics.batch_size.observe(len(x))
-        return out
+        return out, took

@@ -73,6 +73,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
+    parser.add_argument(
+        "--reject-nonfinite", action="store_true",
+        help="ModelInfer refuses inputs holding NaN or infinite values with INVALID_ARGUMENT (default: accept "
+        "them as Triton does, e.g. perf_analyzer's random data, counted in edgecnn_nonfinite_inputs_total); "
+        "Classify always refuses them",
+    )
 def settings_from_args(args: argparse.Namespace) -> Settings:
     token = token_file_option(args.auth_token_file)
     return Settings(
@@ -109,3 +115,4 @@ def run(args: argparse.Namespace) -> int:
     except (StartupError, ValueError, OSError) as exc:
         print(f"edgecnn serve: {exc}", file=sys.stderr)
         return 2
+        reject_nonfinite=args.reject_nonfinite,

@@ -3,18 +3,22 @@ adapter between its protobuf messages and the data plane."""
 
 from __future__ import annotations
 
+import functools
+
 import grpc
+from google.protobuf import json_format
 
 from edgecnn import __version__
 from edgecnn.protos import inference_pb2, inference_pb2_grpc
 
 from .dataplane import Call, DataPlane
+from .errors import InvalidArgument
 from .grpc_handlers import rpc
 from .grpc_tensors import decode_inputs, decode_outputs, encode_outcome
 
 SERVER_NAME = "edgecnn"
-# model_repository is not listed: RepositoryIndex answers, but load/unload (model control) is not offered.
-EXTENSIONS = ["model_configuration", "classification"]
+# model_repository is listed when load and unload are taken (--model-control-mode explicit).
+EXTENSIONS = ["model_configuration", "classification", "statistics"]
 
 
 class KServeServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
@@ -31,7 +35,8 @@ class KServeServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         return inference_pb2.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version))
 
     async def ServerMetadata(self, request, context):
-        return inference_pb2.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
+        extensions = EXTENSIONS + (["model_repository"] if self.plane.model_control else [])
+        return inference_pb2.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=extensions)
 
     @rpc("ModelMetadata")
     async def ModelMetadata(self, request, context, call: Call):
@@ -50,8 +55,14 @@ class KServeServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     @rpc("ModelInfer")
     async def ModelInfer(self, request, context, call: Call):
         inputs, outputs = decode_inputs(request), decode_outputs(request)
-        outcome = await self.plane.infer(request.model_name, request.model_version, inputs, outputs, call)
-        return encode_outcome(request, outcome)
+        encode = functools.partial(encode_outcome, request)
+        return await self.plane.infer(request.model_name, request.model_version, inputs, outputs, call, encode)
+
+    @rpc("ModelStatistics")
+    async def ModelStatistics(self, request, context, call: Call):
+        """Triton's statistics extension (server/statistics.py says what each number holds)."""
+        stats = self.plane.statistics(request.name, request.version)
+        return json_format.ParseDict({"model_stats": stats}, inference_pb2.ModelStatisticsResponse())
 
     @rpc("RepositoryIndex")
     async def RepositoryIndex(self, request, context, call: Call):
@@ -59,6 +70,19 @@ class KServeServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         for entry in self.plane.repository_index(ready_only=request.ready):
             response.models.add(name=entry.name, version=entry.version, state=entry.state, reason=entry.reason)
         return response
+
+    @rpc("RepositoryModelLoad")
+    async def RepositoryModelLoad(self, request, context, call: Call):
+        config = request.parameters.get("config")
+        if config is not None and config.WhichOneof("parameter_choice") != "string_param":
+            raise InvalidArgument("the 'config' parameter must be a string holding a JSON model configuration")
+        await self.plane.load_model(request.model_name, config.string_param if config is not None else None)
+        return inference_pb2.RepositoryModelLoadResponse()
+
+    @rpc("RepositoryModelUnload")
+    async def RepositoryModelUnload(self, request, context, call: Call):
+        await self.plane.unload_model(request.model_name)
+        return inference_pb2.RepositoryModelUnloadResponse()
 
 
 def add_to_server(plane: DataPlane, server: grpc.aio.Server) -> None:

@@ -47,6 +47,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
+    # ModelInfer refuses NaN or infinite inputs (INVALID_ARGUMENT) instead of accepting and counting
+    # them as Triton does (edgecnn_nonfinite_inputs_total). Classify always refuses them.
+    reject_nonfinite: bool = False
             raise ValueError("TLS needs both --tls-cert and --tls-key")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")

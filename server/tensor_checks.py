@@ -4,7 +4,7 @@ INVALID_ARGUMENT messages naming what was expected."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,9 +54,12 @@ class InferOutcome:
         ]
 
 
+NONFINITE = "holds NaN or infinite values; expected finite float32 numbers"
+
+
 def check_finite(x: np.ndarray, what: str) -> None:
     if not np.isfinite(x).all():
-        raise InvalidArgument(f"{what} holds NaN or infinite values; expected finite float32 numbers")
+        raise InvalidArgument(f"{what} {NONFINITE}")
 
 
 def top_classes(values: np.ndarray, k: int) -> np.ndarray:
@@ -64,8 +67,16 @@ def top_classes(values: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-values, axis=1, kind="stable")[:, :k]
 
 
-def input_batch(inputs: Sequence[InputTensor], mv: ModelVersion) -> np.ndarray:
-    """The request's single input as float32 (N, C, H, W)."""
+def input_batch(
+    inputs: Sequence[InputTensor],
+    mv: ModelVersion,
+    reject_nonfinite: bool = True,
+    on_nonfinite: Callable[[ModelVersion], None] | None = None,
+) -> np.ndarray:
+    """The request's single input as float32 (N, C, H, W). An input holding NaN or infinite
+    values is refused (INVALID_ARGUMENT) when reject_nonfinite, else accepted as Triton does
+    (perf_analyzer's default random data holds such bit patterns); either way on_nonfinite(mv)
+    is called first (the data plane counts them)."""
     if len(inputs) != 1:
         raise InvalidArgument(f"expected exactly 1 input tensor named {mv.input_name!r}, got {len(inputs)}")
     tensor = inputs[0]
@@ -96,7 +107,11 @@ def input_batch(inputs: Sequence[InputTensor], mv: ModelVersion) -> np.ndarray:
                 f"expected {n * mv.sample_size} for shape {list(shape)} (or send {tensor.raw_field})"
             )
         x = np.asarray(values, dtype=np.float32).reshape(shape)
-    check_finite(x, f"input {tensor.name!r}")
+    if not np.isfinite(x).all():  # one pass over the tensor, as the finite check always was
+        if on_nonfinite is not None:
+            on_nonfinite(mv)
+        if reject_nonfinite:
+            raise InvalidArgument(f"input {tensor.name!r} {NONFINITE}")
     return x
 
 
