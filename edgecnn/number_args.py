@@ -71,3 +71,13 @@ def positive_ints(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers")
     return values
+
+
+def true_or_false(text: str) -> bool:
+    """An argparse type: Triton's boolean flag values (true/false, also 1/0, yes/no, on/off)."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")

@@ -81,7 +81,7 @@ class Verification(_message.Message):
     def __init__(self, present: _Optional[bool] = ..., passed: _Optional[bool] = ..., summary: _Optional[str] = ..., details_json: _Optional[str] = ...) -> None: ...
 
 class ModelInfoResponse(_message.Message):
-    __slots__ = ("model", "version", "available_versions", "architecture", "parameters", "onnx_bytes", "opset", "quantization", "execution_provider", "input_shape", "labels", "mean", "std", "pixel_scale", "dataset", "test_accuracy", "max_batch_size", "verification")
+    __slots__ = ("model", "version", "available_versions", "architecture", "parameters", "onnx_bytes", "opset", "quantization", "execution_provider", "input_shape", "labels", "mean", "std", "pixel_scale", "dataset", "test_accuracy", "max_batch_size", "verification", "selftest")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,7 @@ class ModelInfoResponse(_message.Message):
     TEST_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     VERIFICATION_FIELD_NUMBER: _ClassVar[int]
+    SELFTEST_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     available_versions: _containers.RepeatedScalarFieldContainer[int]
@@ -118,4 +119,5 @@ class ModelInfoResponse(_message.Message):
     test_accuracy: float
     max_batch_size: int
     verification: Verification
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., available_versions: _Optional[_Iterable[int]] = ..., architecture: _Optional[str] = ..., parameters: _Optional[int] = ..., onnx_bytes: _Optional[int] = ..., opset: _Optional[int] = ..., quantization: _Optional[str] = ..., execution_provider: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[str]] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., pixel_scale: _Optional[float] = ..., dataset: _Optional[str] = ..., test_accuracy: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., verification: _Optional[_Union[Verification, _Mapping]] = ...) -> None: ...
+    selftest: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., available_versions: _Optional[_Iterable[int]] = ..., architecture: _Optional[str] = ..., parameters: _Optional[int] = ..., onnx_bytes: _Optional[int] = ..., opset: _Optional[int] = ..., quantization: _Optional[str] = ..., execution_provider: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[str]] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., pixel_scale: _Optional[float] = ..., dataset: _Optional[str] = ..., test_accuracy: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., verification: _Optional[_Union[Verification, _Mapping]] = ..., selftest: _Optional[str] = ...) -> None: ...

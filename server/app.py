@@ -11,12 +11,14 @@ or ``await InferenceServer(settings).start()`` inside a running event loop.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import NoReturn
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,15 +33,21 @@ from .dataplane import DataPlane
 from .device import providers_for
 from .errors import StartupError
 from .health_reflection import NOT_SERVING, SERVING, Health
+from .http_server import HttpFrontEnd, ssl_context
 from .metrics import Metrics
 from .model_version import ModelLoader
-from .registry import load_registry
+from .repository_manager import RepositoryManager
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-SETTLE_S = 0.1  # after the grace: time for failed requests to send their status
+SETTLE_S = 0.5  # after the grace: time for the last answers (UNAVAILABLE ones too) to be sent
+# A drain keeps serving requests received this soon after it starts: they reached the transport
+# before the signal and waited for the event loop (a busy loop leaves calls in grpc's queue).
+INTAKE_S = 0.1
+QUIET_S = 0.02  # no request received for this long: grpc's queue of arrived calls is empty
+FLUSH_S = 0.05  # for grpc to write the last answers out before the process ends
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -68,14 +76,17 @@ class InferenceServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.plane = DataPlane(self.metrics, max_image_pixels=settings.max_image_pixels)
+        self.plane = DataPlane(self.metrics, max_image_pixels=settings.max_image_pixels, reject_nonfinite=settings.reject_nonfinite)
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.http_port: int | None = None  # the HTTP/REST front end's (None: off)
+        self._http: HttpFrontEnd | None = None
         # ONNX Runtime calls that can run at once; each batcher keeps up to this many batches in flight.
         self._workers = max(2, usable_cpus())
         self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="edgecnn-ort")
         self._server: grpc.aio.Server | None = None
         self._health: Health | None = None
+        self.manager: RepositoryManager | None = None
 
     @property
     def address(self) -> str:
@@ -112,39 +123,70 @@ class InferenceServer:
         if not self.port:
             raise StartupError(f"cannot listen on {address} (in use?)")
         await server.start()
+        if s.http_port is not None:  # same event loop and data plane; /v2/health/ready says 503 until loaded
+            self._http = HttpFrontEnd(self.plane, MAX_MESSAGE_BYTES, s.auth_token)
+            tls = ssl_context(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert and s.tls_key else None
+            self.http_port = await self._http.start(s.host, s.http_port, tls)
         if s.metrics_port is not None:
             try:
                 self.metrics_port = self.metrics.serve_http(s.host, s.metrics_port)
             except OSError as exc:
                 raise StartupError(f"cannot serve metrics on {s.host}:{s.metrics_port}: {exc}") from None
-        loader = ModelLoader(s, providers, self._workers)
-        load = functools.partial(load_registry, s.repository, loader)
-        registry = await asyncio.get_running_loop().run_in_executor(self._executor, load)
-        self.plane.serve(registry, self._executor)
-        log.info("execution provider: %s (asked for --device %s)", ", ".join(self.plane.providers()), s.device)
-        await self._health.set_all(names, SERVING)
+        self.plane.attach(self._executor)
+        self.manager = RepositoryManager(
+            self.plane, s.repository, ModelLoader(s, providers, self._workers), self._executor, self.metrics,
+            mode=s.model_control_mode, startup_models=s.load_models, exit_on_error=s.exit_on_error,
+            strict_readiness=s.strict_readiness, on_change=self._model_changed,
+        )  # fmt: skip
+        await self.manager.start(s.repository_poll_secs)
+        self.plane.mark_ready()
+        log.info("execution provider: %s (asked for --device %s)", ", ".join(self.plane.providers()) or "none yet", s.device)
+        await self._health.set_all(self.plane.model_names(), SERVING)
+
+    async def _model_changed(self, name: str, serving: bool) -> None:
+        """A model was loaded or unloaded while serving: its health service follows."""
+        if self._health is not None and self.plane.ready():
+            await self._health.servicer.set(name, SERVING if serving else NOT_SERVING)
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Drain: NOT_SERVING, refuse new requests, let in-flight ones finish within the grace."""
+        """Drain, then close the transport."""
+        await self.drain(grace_s)
+        await self._close(SETTLE_S)
+
+    async def drain(self, grace_s: float | None = None, until_quiet: bool = True) -> None:
+        """NOT_SERVING at once; every request received is answered (with its result when it
+        finishes within the grace, else UNAVAILABLE) before this returns; requests arriving
+        after the start get UNAVAILABLE. until_quiet: also wait (within the grace) until no
+        request has arrived for QUIET_S, since closing the transport cancels the calls still in
+        grpc's queue; a process that exits after the drain needs no wait (a closed connection
+        is UNAVAILABLE to those clients)."""
         grace = self.settings.grace_s if grace_s is None else grace_s
         deadline = time.monotonic() + grace
-        self.plane.start_drain()
+        self.plane.start_drain(min(INTAKE_S, grace / 4))
+        if self.manager is not None:
+            await self.manager.stop()  # no load or unload from the repository poll during the drain
         if self._health is not None:
             await self._health.drain()
-        await self._wait_for_inflight(deadline)
+        await self._until(lambda: self.plane.refusal() is not None, deadline)
+        await self._until(lambda: self.plane.inflight == 0, deadline)
         if self.plane.inflight:
             log.warning("grace period over with %d requests still in flight", self.plane.inflight)
         await self.plane.stop_batchers(deadline)
-        # The requests a batcher just failed answer UNAVAILABLE before their streams are closed.
-        await self._wait_for_inflight(max(deadline, time.monotonic() + SETTLE_S))
-        await self._close(max(0.0, deadline - time.monotonic()))
+        # Every request received has its answer sent, and the transport's backlog (calls that
+        # arrived while the loop was busy) has been taken and refused: grpc would cancel those.
+        settle = max(deadline, time.monotonic()) + SETTLE_S
+        quiet = QUIET_S if until_quiet else 0.0
+        await self._until(lambda: self.plane.open_calls == 0 and time.monotonic() - self.plane.last_intake >= quiet, settle)
 
-    async def _wait_for_inflight(self, until: float) -> None:
-        """Until no request is in flight, or the time.monotonic() `until`."""
-        while self.plane.inflight > 0 and time.monotonic() < until:
+    async def _until(self, condition: Callable[[], bool], until: float) -> None:
+        """Until condition() holds, or the time.monotonic() `until`."""
+        while not condition() and time.monotonic() < until:
             await asyncio.sleep(0.005)
 
     async def _close(self, grace: float = 0.0) -> None:
+        if self._http is not None:  # after the drain: its answers are sent
+            await self._http.stop()
+            self._http = None
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
@@ -152,8 +194,12 @@ class InferenceServer:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-async def serve_until_signal(settings: Settings, on_ready: Callable[[InferenceServer], None] | None = None) -> int:
-    """Run until SIGTERM/SIGINT, then drain; the exit code (0)."""
+async def serve_until_signal(settings: Settings, on_ready: Callable[[InferenceServer], None] | None = None) -> NoReturn:
+    """Run until SIGTERM/SIGINT, drain, and end the process with exit code 0.
+
+    The process ends without grpc's shutdown: that cancels the calls still waiting in grpc's
+    queue (clients get CANCELLED: did it run?), while the connections closed by the exit give
+    those clients UNAVAILABLE (it did not; retry elsewhere)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -164,9 +210,12 @@ async def serve_until_signal(settings: Settings, on_ready: Callable[[InferenceSe
         on_ready(server)
     await stop.wait()
     log.info("signal received: draining (grace %.1f s)", settings.grace_s)
-    await server.stop()
+    await server.drain(until_quiet=False)
+    await asyncio.sleep(FLUSH_S)
     log.info("stopped")
-    return 0
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 class ServerThread:
@@ -222,6 +271,10 @@ class ServerThread:
     @property
     def metrics_port(self) -> int | None:
         return None if self.server is None else self.server.metrics_port
+
+    @property
+    def http_port(self) -> int | None:
+        return None if self.server is None else self.server.http_port
 
     @property
     def address(self) -> str:

@@ -1,4 +1,5 @@
-"""Bearer-token authentication as a grpc.aio server interceptor.
+"""Bearer-token authentication: the check both front ends share (token_refusal), and a grpc.aio
+server interceptor (the HTTP front end checks the `Authorization` header in server/kserve_http.py).
 
 Clients send ``authorization: Bearer <token>`` metadata. The health service stays open so
 orchestrator probes (Kubernetes grpc probes) work without the secret. Refusals are counted in
@@ -16,10 +17,21 @@ import grpc
 from edgecnn.auth_token import METADATA_KEY, bearer
 
 from .metrics import Metrics
+from .request_scope import GRPC
 
 log = logging.getLogger(__name__)
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+def token_refusal(expected: bytes, given: str | bytes | None, where: str) -> str | None:
+    """None when `given` (the authorization value sent, None when absent) is `expected`
+    (bearer(token) encoded), else why the request is refused; `where` names what carries it."""
+    if given is None:
+        return f"missing authorization {where}; expected 'authorization: Bearer <token>'"
+    if hmac.compare_digest(given.encode() if isinstance(given, str) else given, expected):
+        return None
+    return f"invalid token in the authorization {where}; expected 'Bearer <token>' with the server's token"
 
 
 def api_name(method: str) -> str:
@@ -30,7 +42,7 @@ def api_name(method: str) -> str:
 def _denying_handler(handler: grpc.RpcMethodHandler, message: str, metrics: Metrics, api: str) -> grpc.RpcMethodHandler:
     async def deny(request, context: grpc.aio.ServicerContext):
         # Counted before the status goes out, so a client that sees the refusal sees it counted.
-        metrics.observe_request("", "", api, grpc.StatusCode.UNAUTHENTICATED.name, 0.0)
+        metrics.observe_request("", "", api, grpc.StatusCode.UNAUTHENTICATED.name, 0.0, protocol=GRPC)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     kwargs = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
@@ -50,21 +62,16 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         self._expected = bearer(token).encode()
         self._metrics = metrics
 
-    def _authorized(self, metadata) -> tuple[bool, str]:
-        for key, value in metadata or ():
-            if key == METADATA_KEY:
-                given = value.encode() if isinstance(value, str) else value
-                if hmac.compare_digest(given, self._expected):
-                    return True, ""
-                return False, "invalid token in the authorization metadata; expected 'Bearer <token>' with the server's token"
-        return False, "missing authorization metadata; expected 'authorization: Bearer <token>'"
+    def _refusal(self, metadata) -> str | None:
+        given = next((value for key, value in metadata or () if key == METADATA_KEY), None)
+        return token_refusal(self._expected, given, "metadata")
 
     async def intercept_service(self, continuation, handler_call_details):
         if handler_call_details.method.startswith(OPEN_PREFIXES):
             return await continuation(handler_call_details)
-        ok, message = self._authorized(handler_call_details.invocation_metadata)
+        message = self._refusal(handler_call_details.invocation_metadata)
         handler = await continuation(handler_call_details)
-        if ok or handler is None:
+        if message is None or handler is None:
             return handler
         log.info("refused %s: %s", handler_call_details.method, message)
         return _denying_handler(handler, message, self._metrics, api_name(handler_call_details.method))

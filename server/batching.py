@@ -80,6 +80,11 @@ class Batcher:
             f"model {mv.name!r} version {mv.version}: queue full ({self._max_queue} requests waiting); retry later"
         )
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or computing."""
+        return not (self._pending or self._running or self._direct)
+
     async def stop(self, deadline: float) -> None:
         """Return when every queued and running batch is done, or at the deadline (time.monotonic)
         failing the requests still queued with UNAVAILABLE, so that their clients can retry elsewhere."""
@@ -150,6 +155,9 @@ class Batcher:
             raise
         finally:
             self._direct.discard(call)
+        self.stats.queued(waited)
+        self.stats.executed(len(x), 1, took)
+        return out
 
     def _timed_run(self, x: np.ndarray, enqueued: float) -> tuple[np.ndarray, int, int]:
         """On a worker thread: the logits, the ns waited for the thread and the ns computed."""
@@ -158,9 +166,6 @@ class Batcher:
         out, took = self._timed_compute(x)
         return out, int(waited * 1e9), took
 
-        self.stats.queued(waited)
-        self.stats.executed(len(x), 1, took)
-        return out
     def _schedule(self) -> None:
         if not self._scheduled:
             self._scheduled = True
@@ -215,19 +220,19 @@ class Batcher:
         except MemoryError as exc:
             self._fail_logged(batch, exc)
             return False
+        merged = int((perf_counter() - start) * 1e9) if len(batch) > 1 else 0
         if runs_inline(len(x) * self.mv.batch1_s, self.inline_max_s, self._running):
             try:
                 out, took = self._timed_compute(x)
             except Exception as exc:
                 self._fail_logged(batch, exc)
-        merged = int((perf_counter() - start) * 1e9) if len(batch) > 1 else 0
             else:
+                self.stats.executed(len(x), len(batch), took, merged)
                 self._deliver(batch, out)
             return True
         try:
             done = asyncio.get_running_loop().run_in_executor(self._executor, self._timed_compute, x)
         except RuntimeError as exc:  # the executor is shut down
-                self.stats.executed(len(x), len(batch), took, merged)
             self._fail(batch, Unavailable(f"model {self.mv.name!r} is shutting down: {exc}"))
             return False
         self._running += 1

@@ -65,6 +65,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             verification=classifier_pb2.Verification(
                 present=v.present, passed=v.passed, summary=v.summary, details_json=v.details_json
             ),
+            selftest=mv.selftest,
         )
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from edgecnn.auth_token import token_file_option
+from edgecnn.number_args import positive_float, true_or_false
 
 from .app import InferenceServer, serve_until_signal
 from .errors import StartupError
@@ -17,14 +18,16 @@ from .settings import (
     DEFAULT_INLINE_MAX_US,
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_QUEUE,
+    DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
     DEFAULT_PORT,
     Settings,
 )
 
 
-# What `edgecnn serve` prints on stdout once it accepts calls (scripts and tests wait for it).
-READY_LINE = re.compile(r"edgecnn serving on (\S+):(\d+) \((?:metrics :(\d+)|no metrics)\)")
+# What `edgecnn serve` prints on stdout once it accepts calls (scripts and tests wait for it);
+# groups: host, gRPC port, metrics port (None: no metrics), HTTP port (None: no HTTP).
+READY_LINE = re.compile(r"edgecnn serving on (\S+):(\d+) \((?:metrics :(\d+)|no metrics)\)(?:, http :(\d+))?")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +38,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
         help=f"Prometheus /metrics port, 0 for any free one, -1 for none (default {DEFAULT_METRICS_PORT})",
     )
+    parser.add_argument(
+        "--http-port", type=int, default=DEFAULT_HTTP_PORT,
+        help=f"HTTP/REST (KServe V2) port, 0 for any free one, -1 for none (default {DEFAULT_HTTP_PORT})",
+    )
+    parser.add_argument("--no-http", action="store_true", help="no HTTP/REST front end (as --http-port -1)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="ONNX Runtime execution provider")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads per session (0: its default)")
     parser.add_argument(
@@ -65,20 +73,40 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "no session sees its input shape change; auto: on the CUDA provider, where a new shape costs a kernel "
         "set-up (default auto; see server/shapes.py)",
     )
-    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
-    parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
-    parser.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certificates signed by it")
-    parser.add_argument("--auth-token-file", type=Path, help="file holding the bearer token clients must send")
-    parser.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on SIGTERM (default 10)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-
-
     parser.add_argument(
         "--reject-nonfinite", action="store_true",
         help="ModelInfer refuses inputs holding NaN or infinite values with INVALID_ARGUMENT (default: accept "
         "them as Triton does, e.g. perf_analyzer's random data, counted in edgecnn_nonfinite_inputs_total); "
         "Classify always refuses them",
     )
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    parser.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certificates signed by it")
+    parser.add_argument("--auth-token-file", type=Path, help="file holding the bearer token clients must send")
+    control = parser.add_argument_group("live model repository (Triton's flags)")
+    control.add_argument(
+        "--model-control-mode", choices=["none", "poll", "explicit"], default="none",
+        help="none: the repository's models, fixed at start-up; poll: rescan it every --repository-poll-secs and "
+        "load, reload or unload what changed; explicit: only --load-model at start-up, then RepositoryModelLoad/"
+        "Unload (default none)",
+    )
+    control.add_argument("--repository-poll-secs", type=positive_float, default=15.0, help="poll mode's interval (default 15)")
+    control.add_argument(
+        "--load-model", action="append", default=[], metavar="NAME",
+        help="explicit mode: a model to load at start-up (repeatable; * for all)",
+    )
+    control.add_argument(
+        "--exit-on-error", type=true_or_false, default=True, metavar="true|false",
+        help="a model that fails to load at start-up stops the start (default true; false: it is reported and the rest serve)",
+    )
+    control.add_argument(
+        "--strict-readiness", type=true_or_false, default=True, metavar="true|false",
+        help="ServerReady only while every model that should serve does (default true; false: once the server serves)",
+    )
+    parser.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on SIGTERM (default 10)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     token = token_file_option(args.auth_token_file)
     return Settings(
@@ -86,6 +114,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         host=args.host,
         port=args.port,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        http_port=None if args.no_http or args.http_port < 0 else args.http_port,
         device=args.device,
         threads=args.threads,
         max_batch_size=args.max_batch_size,
@@ -99,12 +128,19 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_image_pixels=args.max_image_pixels,
         inline_max_us=args.inline_max_us,
         batch_buckets=args.batch_buckets,
+        reject_nonfinite=args.reject_nonfinite,
+        model_control_mode=args.model_control_mode,
+        repository_poll_secs=args.repository_poll_secs,
+        load_models=tuple(args.load_model),
+        exit_on_error=args.exit_on_error,
+        strict_readiness=args.strict_readiness,
     )
 
 
 def _announce(server: InferenceServer) -> None:
     metrics = f"metrics :{server.metrics_port}" if server.metrics_port is not None else "no metrics"
-    print(f"edgecnn serving on {server.settings.host}:{server.port} ({metrics})", flush=True)
+    http = f", http :{server.http_port}" if server.http_port is not None else ""
+    print(f"edgecnn serving on {server.settings.host}:{server.port} ({metrics}){http}", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,4 +151,3 @@ def run(args: argparse.Namespace) -> int:
     except (StartupError, ValueError, OSError) as exc:
         print(f"edgecnn serve: {exc}", file=sys.stderr)
         return 2
-        reject_nonfinite=args.reject_nonfinite,

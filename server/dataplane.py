@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from time import perf_counter_ns
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,7 +26,11 @@ from .metrics import Metrics
 from .model_version import ModelVersion
 from .registry import ModelRegistry
 from .settings import DEFAULT_MAX_IMAGE_PIXELS
+from .statistics import VersionStatistics
 from .tensor_checks import DATATYPE, InferOutcome, InputTensor, RequestedOutput, class_count, input_batch, top_classes
+
+if TYPE_CHECKING:
+    from .repository_manager import RepositoryManager
 
 DRAINING = "server is shutting down and takes no new requests; retry on another replica"
 LOADING = "server is loading models and takes no requests yet; retry when it reports SERVING"
@@ -88,50 +95,121 @@ class IndexEntry:
 
 
 class DataPlane:
-    def __init__(self, metrics: Metrics, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+    def __init__(
+        self, metrics: Metrics, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, reject_nonfinite: bool = False
+    ) -> None:
         self.metrics = metrics
         self.max_image_pixels = max_image_pixels
+        self.reject_nonfinite = reject_nonfinite  # ModelInfer only; Classify always refuses them
         self._registry = ModelRegistry([])
         self._batchers: dict[tuple[str, int], Batcher] = {}
+        self._retiring: list[Batcher] = []  # versions no longer looked up, finishing their requests
+        self._executor: Executor | None = None
+        # Requests in flight by the epoch they began in (the epoch advances at every swap of
+        # versions): a version that left in epoch E is freed once no request of an epoch <= E is.
+        self._epoch = 0
+        self._epoch_users: dict[int, int] = {}
+        self.manager: RepositoryManager | None = None  # the live repository (app.py sets it)
         self._ready = False
-        self._draining = False
+        self._draining_since: float | None = None  # time.monotonic() of the drain's start
+        self._intake_s = 0.0
         self.inflight = 0  # requests inside a front end's handler now (event-loop thread only)
+        self.open_calls = 0  # requests received and not yet answered (their answer may be on its way out)
+        self.last_intake = 0.0  # time.monotonic() of the latest request received
 
     # --- lifecycle (the server app) ---
 
     def serve(self, registry: ModelRegistry, executor: Executor) -> None:
         """Take the loaded models, give each version its batcher, and turn ready."""
-        self._registry = registry
+        self.attach(executor)
         for mv in registry.all():
-            self._batchers[(mv.name, mv.version)] = Batcher(mv, executor, self.metrics.add_model(mv))
+            self.set_model(mv.name, registry.versions_of(mv.name))
+        self.mark_ready()
+
+    def attach(self, executor: Executor) -> None:
+        """The executor the batchers hand ONNX Runtime calls to."""
+        self._executor = executor
+
+    def mark_ready(self) -> None:
         self._ready = True
         self.metrics.ready.set(1)
 
-    def start_drain(self) -> None:
-        self._draining = True
+    def set_model(self, name: str, versions: list[ModelVersion]) -> list[tuple[ModelVersion, asyncio.Future]]:
+        """Serve exactly these versions of the model from the next request on (none: unload
+        it). Versions kept keep their batcher; each one that leaves retires: its queued and
+        running requests finish on it. Returns (version, future done once it is drained)."""
+        assert self._executor is not None, "attach() first"
+        leaving = [mv for mv in self._registry.versions_of(name) if all(mv is not other for other in versions)]
+        for mv in versions:
+            key = (mv.name, mv.version)
+            current = self._batchers.get(key)
+            if current is None or current.mv is not mv:
+                if current is not None:
+                    self._retiring.append(current)
+                self._batchers[key] = Batcher(mv, self._executor, self.metrics.add_model(mv))
+        for mv in leaving:
+            key = (mv.name, mv.version)
+            if key in self._batchers and self._batchers[key].mv is mv:
+                self._retiring.append(self._batchers.pop(key))
+        self._registry.set_versions(name, versions)
+        left_in = self._epoch
+        self._epoch += 1
+        loop = asyncio.get_running_loop()
+        return [(mv, loop.create_task(self._retire(mv, left_in))) for mv in leaving]
+
+    async def _retire(self, mv: ModelVersion, left_in: int) -> None:
+        """Once no request that could still use mv is in flight and its batcher is idle, free it."""
+        batcher = next(b for b in self._retiring if b.mv is mv)
+        while min(self._epoch_users, default=left_in + 1) <= left_in or not batcher.idle:
+            await asyncio.sleep(0.005)
+        self._retiring.remove(batcher)
+        if (mv.name, mv.version) not in self._batchers:
+            self.metrics.remove_model(mv)
+
+    def start_drain(self, intake_s: float = 0.0) -> None:
+        """Not ready from now on; requests received within intake_s are still served (those that
+        reached the transport before the drain began and waited for the event loop), later ones
+        are refused."""
+        self._draining_since = time.monotonic()
+        self._intake_s = intake_s
         self.metrics.ready.set(0)
 
     async def stop_batchers(self, deadline: float) -> None:
         """Let every batcher finish its work until the deadline (time.monotonic), then fail the rest."""
-        for batcher in self._batchers.values():
+        for batcher in [*self._batchers.values(), *self._retiring]:
             await batcher.stop(deadline)
 
     def refusal(self) -> str | None:
         """Why a new request is refused now (UNAVAILABLE), or None while serving."""
-        if self._draining:
+        if self._draining_since is not None and time.monotonic() - self._draining_since >= self._intake_s:
             return DRAINING
         return None if self._ready else LOADING
+
+    def call_received(self) -> None:
+        """A front end received a request; call_answered once its answer is sent (or its call ended)."""
+        self.open_calls += 1
+        self.last_intake = time.monotonic()
+
+    def call_answered(self) -> None:
+        self.open_calls -= 1
 
     @contextlib.contextmanager
     def in_flight(self) -> Iterator[None]:
         """Count a request as in flight (the drain waits for these) while the block runs."""
         self.metrics.inflight.inc()
         self.inflight += 1
+        epoch = self._epoch
+        self._epoch_users[epoch] = self._epoch_users.get(epoch, 0) + 1
         try:
             yield
         finally:
             self.metrics.inflight.dec()
             self.inflight -= 1
+            left = self._epoch_users[epoch] - 1
+            if left:
+                self._epoch_users[epoch] = left
+            else:
+                del self._epoch_users[epoch]
 
     def model_names(self) -> list[str]:
         return sorted({mv.name for mv in self._registry.all()})
@@ -145,7 +223,11 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        return self._ready and not self._draining
+        serving = self._ready and self._draining_since is None
+        return serving and (self.manager is None or self.manager.ready())
+
+    def versions_of(self, name: str) -> list[ModelVersion]:
+        return self._registry.versions_of(name)
 
     def model_ready(self, name: str, version: str = "") -> bool:
         try:
@@ -186,39 +268,111 @@ class DataPlane:
         inputs: Sequence[InputTensor],
         outputs: Sequence[RequestedOutput] = (),
         call: Call | None = None,
-    ) -> InferOutcome:
+        encode: Callable[[InferOutcome], Any] | None = None,
+    ) -> Any:
+        """The InferOutcome, or encode(outcome) when given: the front end's encoding is then
+        timed as the request's compute_output (statistics.py)."""
         mv = self._model(name, version, call)
-        x = input_batch(inputs, mv)
-        count = class_count(outputs, mv)
-        return InferOutcome(mv, await self._run(mv, x), count)
+        stats = self._statistics_of(mv)
+        start = perf_counter_ns()
+        try:
+            x = input_batch(inputs, mv, self.reject_nonfinite, self.metrics.count_nonfinite)
+            count = class_count(outputs, mv)
+            decoded = perf_counter_ns()
+            outcome = InferOutcome(mv, await self._run(mv, x), count)
+            computed = perf_counter_ns()
+            answer = outcome if encode is None else encode(outcome)
+        except BaseException:
+            stats.failed(perf_counter_ns() - start)
+            raise
+        stats.succeeded(start, decoded, computed, perf_counter_ns())
+        return answer
 
     async def classify(
         self, name: str, version: str, images: Sequence[ImageInput], top_k: int = 1, call: Call | None = None
     ) -> Classification:
         mv = self._model(name, version, call)
-        limit = mv.serving.batch_limit
-        if len(images) > limit:
-            raise InvalidArgument(f"{len(images)} images exceed the max batch size of model {mv.name!r} ({limit})")
-        if has_encoded(images):  # decoding is blocking work
-            x = await asyncio.to_thread(images_to_batch, images, mv, self.max_image_pixels)
-        else:
-            x = images_to_batch(images, mv)
-        scores = softmax(await self._run(mv, x))
-        k = min(max(top_k, 1), mv.num_classes)
-        results = [
-            [Prediction(mv.labels[i], int(i), float(row[i])) for i in indices]
-            for row, indices in zip(scores, top_classes(scores, k))
-        ]
+        stats = self._statistics_of(mv)
+        start = perf_counter_ns()
+        try:
+            limit = mv.serving.batch_limit
+            if len(images) > limit:
+                raise InvalidArgument(f"{len(images)} images exceed the max batch size of model {mv.name!r} ({limit})")
+            if has_encoded(images):  # decoding is blocking work
+                x = await asyncio.to_thread(images_to_batch, images, mv, self.max_image_pixels)
+            else:
+                x = images_to_batch(images, mv)
+            decoded = perf_counter_ns()
+            logits = await self._run(mv, x)
+            computed = perf_counter_ns()
+            scores = softmax(logits)
+            k = min(max(top_k, 1), mv.num_classes)
+            results = [
+                [Prediction(mv.labels[i], int(i), float(row[i])) for i in indices]
+                for row, indices in zip(scores, top_classes(scores, k))
+            ]
+        except BaseException:
+            stats.failed(perf_counter_ns() - start)
+            raise
+        stats.succeeded(start, decoded, computed, perf_counter_ns())
         return Classification(mv, results)
 
+    def statistics(self, name: str = "", version: str = "") -> list[dict]:
+        """Triton's ModelStatistics (as JSON, statistics.py) of every served version of every
+        model (name empty), of every served version of one model (version empty), or of one."""
+        if not name:
+            served = self._registry.all()
+        elif version:
+            served = [self._registry.get(name, version)]
+        else:
+            self._registry.get(name)  # NotFound for an unknown model
+            served = self._registry.versions_of(name)
+        return [
+            batcher.stats.as_dict(mv.name, mv.version_str)
+            for mv in served
+            if (batcher := self._batcher_of(mv)) is not None
+        ]
+
+    def _statistics_of(self, mv: ModelVersion) -> VersionStatistics:
+        batcher = self._batcher_of(mv)
+        # Not served (yet): the request fails in _run with UNAVAILABLE; its numbers go nowhere.
+        return batcher.stats if batcher is not None else VersionStatistics()
+
     def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
-        state = "READY" if self.ready() else "UNAVAILABLE"
+        serving = self._ready and self._draining_since is None
+        if self.manager is not None:
+            return self.manager.index(serving, ready_only)
+        state = "READY" if serving else "UNAVAILABLE"
         if ready_only and state != "READY":
             return []
         return [IndexEntry(mv.name, mv.version_str, state) for mv in self._registry.all()]
 
-    async def _run(self, mv: ModelVersion, x: np.ndarray) -> np.ndarray:
+    @property
+    def model_control(self) -> bool:
+        """Whether load and unload requests are taken (--model-control-mode explicit)."""
+        return self.manager is not None and self.manager.control_enabled
+
+    async def load_model(self, name: str, config_json: str | None = None) -> None:
+        """Load or reload a model from the repository (config_json: a JSON model configuration
+        used instead of config.pbtxt)."""
+        if self.manager is None:
+            raise Unavailable("this server has no model repository manager")
+        await self.manager.load_model(name, config_json)
+
+    async def unload_model(self, name: str) -> None:
+        if self.manager is None:
+            raise Unavailable("this server has no model repository manager")
+        await self.manager.unload_model(name)
+
+    def _batcher_of(self, mv: ModelVersion) -> Batcher | None:
+        """mv's batcher, also while mv retires (a request that looked it up before a swap)."""
         batcher = self._batchers.get((mv.name, mv.version))
+        if batcher is not None and batcher.mv is mv:
+            return batcher
+        return next((b for b in self._retiring if b.mv is mv), None)
+
+    async def _run(self, mv: ModelVersion, x: np.ndarray) -> np.ndarray:
+        batcher = self._batcher_of(mv)
         if batcher is None:  # not yet serving
             raise Unavailable(LOADING)
         return await batcher.infer(x)

@@ -31,5 +31,15 @@ class Unavailable(ServingError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class Unauthenticated(ServingError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class TooLarge(ServingError):
+    """A request body over the server's limit (gRPC answers RESOURCE_EXHAUSTED for a message too large)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class StartupError(RuntimeError):
     """The server cannot start (bad repository, no GPU for --device cuda, port in use, ...)."""

@@ -71,6 +71,8 @@ class ModelVersion:
     batch1_s: float = math.nan
     # CUDA: one session per batch size bucket, so no session sees its input shape change (shapes.py).
     shape_buckets: ShapeBuckets | None = None
+    # The load-time self-test's result (selftest.npz run on the chosen execution provider).
+    selftest: str = "not run"
     # Derived constants for request validation.
     sample_size: int = field(init=False)
     sample_nbytes: int = field(init=False)
@@ -236,6 +238,7 @@ class ModelLoader:
         if serving.batch_buckets:
             mv.shape_buckets = self._open_buckets(mv)
         mv.warm_up()
+        mv.selftest = run_selftest(mv, entry.selftest_path)
         return mv
 
     def _open_buckets(self, mv: ModelVersion) -> ShapeBuckets:
@@ -252,3 +255,29 @@ class ModelLoader:
         if fell_back:
             raise StartupError(f"{path}: the sessions of batch size buckets {fell_back} fell back from {mv.provider}")
         return buckets
+
+
+def run_selftest(mv: ModelVersion, path: Path) -> str:
+    """Run the golden inputs `edgecnn export` stored with the version on the provider chosen and
+    compare with the logits it verified; StartupError when they differ (a corrupt or truncated
+    file, kernels that disagree, a changed preprocessing contract). Returns a summary."""
+    if not path.is_file():
+        return f"absent (no {path.name})"
+    try:
+        with np.load(path) as data:
+            inputs, expected = data["inputs"].astype(np.float32), data["logits"]
+            atol, rtol = float(data["atol"]), float(data["rtol"])
+    except Exception as exc:  # numpy raises several types on a damaged archive
+        raise StartupError(f"{path}: unreadable self-test data: {exc}") from exc
+    if inputs.ndim != 4 or tuple(inputs.shape[1:]) != mv.input_shape:
+        raise StartupError(f"{path}: self-test inputs of shape {list(inputs.shape)} do not fit the model's input [N, {', '.join(map(str, mv.input_shape))}]")
+    step = mv.serving.batch_limit
+    try:
+        outputs = np.concatenate([mv.run(np.ascontiguousarray(inputs[i : i + step])) for i in range(0, len(inputs), step)])
+    except Exception as exc:  # ORT raises its own exception types per failure
+        raise StartupError(f"{mv.onnx_path}: the self-test fails in ONNX Runtime: {exc}") from exc
+    reason = repo.check_selftest(outputs, expected, atol, rtol)
+    if reason is not None:
+        raise StartupError(f"{mv.onnx_path}: self-test failed on {mv.provider}: {reason}")
+    error = float(np.abs(outputs.astype(np.float64) - expected).max())
+    return f"passed ({len(inputs)} inputs on {mv.provider}, max abs error {error:.2g}, atol {atol:g}, rtol {rtol:g})"

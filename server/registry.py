@@ -4,42 +4,52 @@ an empty version means the latest."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from edgecnn import repository as repo
 from edgecnn.protos import model_config_pb2
 
 from .errors import NotFound, StartupError
-from .model_version import ModelLoader, ModelVersion
+from .model_version import ModelVersion
 
 log = logging.getLogger(__name__)
 
 
 class ModelRegistry:
+    """Mutable on the event loop thread only: set_versions swaps a model's versions in one step."""
+
     def __init__(self, versions: list[ModelVersion]) -> None:
-        self._by_key: dict[tuple[str, str], ModelVersion] = {}
         self._versions: dict[str, list[ModelVersion]] = {}
-        for mv in sorted(versions, key=lambda v: (v.name, v.version)):
-            self._by_key[(mv.name, mv.version_str)] = mv
-            self._versions.setdefault(mv.name, []).append(mv)
-        for name, listed in self._versions.items():
-            self._by_key[(name, "")] = listed[-1]
+        by_name: dict[str, list[ModelVersion]] = {}
+        for mv in versions:
+            by_name.setdefault(mv.name, []).append(mv)
+        for name, listed in by_name.items():
+            self.set_versions(name, listed)
+
+    def set_versions(self, name: str, versions: list[ModelVersion]) -> None:
+        """Serve exactly these versions of the model from now on (none: the model goes)."""
+        if versions:
+            self._versions[name] = sorted(versions, key=lambda mv: mv.version)
+        else:
+            self._versions.pop(name, None)
 
     def get(self, name: str, version: str = "") -> ModelVersion:
-        found = self._by_key.get((name, version))
-        if found is not None:
-            return found
-        if name not in self._versions:
-            known = ", ".join(self._versions) or "none"
+        listed = self._versions.get(name)
+        if not listed:
+            known = ", ".join(sorted(self._versions)) or "none"
             raise NotFound(f"unknown model {name!r}; this server has: {known}")
-        have = ", ".join(mv.version_str for mv in self._versions[name])
+        if version == "":
+            return listed[-1]
+        for mv in listed:
+            if mv.version_str == version:
+                return mv
+        have = ", ".join(mv.version_str for mv in listed)
         raise NotFound(f"model {name!r} has no version {version!r}; expected one of: {have} (or empty for the latest)")
 
     def versions_of(self, name: str) -> list[ModelVersion]:
         return list(self._versions.get(name, []))
 
     def all(self) -> list[ModelVersion]:
-        return [mv for listed in self._versions.values() for mv in listed]
+        return [mv for name in sorted(self._versions) for mv in self._versions[name]]
 
 
 def served_versions(
@@ -66,30 +76,3 @@ def served_versions(
             latest = policy.latest.num_versions if choice == "latest" else 1
             served += mine[-max(latest, 1):]
     return served
-
-
-def load_registry(repository: Path, loader: ModelLoader) -> ModelRegistry:
-    """Open a session for every served version in the repository; any failure stops the start."""
-    try:
-        entries = repo.list_models(repository)
-    except repo.RepositoryError as exc:
-        raise StartupError(str(exc)) from None
-    if not entries:
-        raise StartupError(f"model repository {repository} holds no model (expected <name>/config.pbtxt and <name>/<version>/model.onnx)")
-    configs: dict[str, model_config_pb2.ModelConfig] = {}
-    for entry in entries:
-        if entry.name not in configs:
-            try:
-                configs[entry.name] = repo.read_config(entry.model_dir)
-            except repo.RepositoryError as exc:
-                raise StartupError(str(exc)) from None
-    loaded = []
-    for entry in served_versions(entries, configs):
-        mv = loader.load(entry, configs[entry.name])
-        serving = mv.serving
-        log.info(
-            "loaded %s version %d (%s, %d params, opset %d, max batch %d, queue delay %d us, batch of 1 in %.0f us)",
-            mv.name, mv.version, mv.provider, mv.params, mv.opset, serving.max_batch_size, serving.max_queue_delay_us, mv.batch1_s * 1e6,
-        )
-        loaded.append(mv)
-    return ModelRegistry(loaded)

@@ -11,6 +11,7 @@ BatchBuckets = Literal["auto", "on", "off"]
 
 DEFAULT_PORT = 8001  # Triton's gRPC port
 DEFAULT_METRICS_PORT = 8002  # Triton's metrics port
+DEFAULT_HTTP_PORT = 8000  # Triton's HTTP/REST port (`edgecnn serve`'s default)
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 DEFAULT_INLINE_MAX_US = 1000
@@ -23,6 +24,8 @@ class Settings:
     port: int = DEFAULT_PORT
     # None: no metrics endpoint (in-process tests may not need one); 0: any free port.
     metrics_port: int | None = DEFAULT_METRICS_PORT
+    # HTTP/REST (KServe V2) port; None: no HTTP front end (`edgecnn serve` defaults to 8000); 0: any free port.
+    http_port: int | None = None
     device: Device = "auto"
     # ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime decide.
     threads: int = 0
@@ -44,12 +47,24 @@ class Settings:
     inline_max_us: int = DEFAULT_INLINE_MAX_US
     # One session per batch size bucket, batches padded up to it (server/shapes.py); auto: on CUDA.
     batch_buckets: BatchBuckets = "auto"
-
-    def __post_init__(self) -> None:
-        if (self.tls_cert is None) != (self.tls_key is None):
     # ModelInfer refuses NaN or infinite inputs (INVALID_ARGUMENT) instead of accepting and counting
     # them as Triton does (edgecnn_nonfinite_inputs_total). Classify always refuses them.
     reject_nonfinite: bool = False
+    # The live repository (repository_manager.py), Triton's flags: none | poll | explicit.
+    model_control_mode: str = "none"
+    repository_poll_secs: float = 15.0
+    load_models: tuple[str, ...] = ()  # explicit mode's start-up set; "*": every model
+    exit_on_error: bool = True  # a model that fails to load at start-up stops the start
+    strict_readiness: bool = True  # ServerReady only while every model that should serve does
+
+    def __post_init__(self) -> None:
+        if self.model_control_mode not in ("none", "poll", "explicit"):
+            raise ValueError(f"model_control_mode must be none, poll or explicit, got {self.model_control_mode!r}")
+        if not self.repository_poll_secs > 0:
+            raise ValueError(f"repository_poll_secs must be > 0, got {self.repository_poll_secs}")
+        if self.load_models and self.model_control_mode != "explicit":
+            raise ValueError("--load-model needs --model-control-mode explicit (the other modes load every model)")
+        if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both --tls-cert and --tls-key")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")

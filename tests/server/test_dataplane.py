@@ -15,10 +15,16 @@ from edgecnn.server.errors import InvalidArgument, NotFound, Unavailable
 from edgecnn.server.images import ImageInput
 from edgecnn.server.metrics import Metrics
 from edgecnn.server.model_version import ModelLoader
-from edgecnn.server.registry import load_registry
+from edgecnn.server.registry import ModelRegistry
 from edgecnn.server.settings import Settings
 from edgecnn.server.tensor_checks import InputTensor, RequestedOutput
 from tests.onnx_models import FASHION_CLASSES, png_bytes, reference_logits, sample_images
+
+
+def loaded(repository_dir, workers: int = 2) -> ModelRegistry:
+    """Every version of the repository, opened as the server opens them."""
+    loader = ModelLoader(Settings(repository=repository_dir, device="cpu"), [CPU], workers=workers)
+    return ModelRegistry([loader.load(e, repo.read_config(e.model_dir)) for e in repo.list_models(repository_dir)])
 
 
 def tensor(x: np.ndarray) -> InputTensor:
@@ -28,12 +34,16 @@ def tensor(x: np.ndarray) -> InputTensor:
 @pytest.fixture(scope="module")
 def plane(repository):
     executor = ThreadPoolExecutor(2)
-    settings = Settings(repository=repository["dir"], device="cpu")
     plane = DataPlane(Metrics())
     assert plane.refusal() == LOADING and not plane.ready()
-    plane.serve(load_registry(repository["dir"], ModelLoader(settings, [CPU], workers=2)), executor)
+    registry = loaded(repository["dir"])
+    asyncio.run(_serve(plane, registry, executor))
     yield plane
     executor.shutdown()
+
+
+async def _serve(plane: DataPlane, registry: ModelRegistry, executor) -> None:
+    plane.serve(registry, executor)  # set_model schedules on the running loop
 
 
 def test_readiness_and_metadata(plane):
@@ -80,8 +90,7 @@ def test_errors_name_what_was_expected(plane, samples):
 def test_drain_refuses_with_the_retry_message(repository):
     plane = DataPlane(Metrics())
     with ThreadPoolExecutor(1) as executor:
-        settings = Settings(repository=repository["dir"], device="cpu")
-        plane.serve(load_registry(repository["dir"], ModelLoader(settings, [CPU], workers=1)), executor)
+        asyncio.run(_serve(plane, loaded(repository["dir"], workers=1), executor))
         plane.start_drain()
         assert plane.refusal() == DRAINING and not plane.ready() and not plane.model_ready("lenet5")
         assert {e.state for e in plane.repository_index()} == {"UNAVAILABLE"} and plane.repository_index(ready_only=True) == []

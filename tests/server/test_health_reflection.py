@@ -42,13 +42,13 @@ def test_not_serving_while_loading(repository, monkeypatch):
     from edgecnn.server import app
 
     release = threading.Event()
-    real_load = app.load_registry
+    real_load = app.ModelLoader.load
 
     def slow_load(*args, **kwargs):
         assert release.wait(TIMEOUT)
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(app, "load_registry", slow_load)
+    monkeypatch.setattr(app.ModelLoader, "load", slow_load)
     port = free_port()
     running = ServerThread(Settings(repository=repository["dir"], host="127.0.0.1", port=port, metrics_port=None, device="cpu"))
     starter = threading.Thread(target=running.start)
