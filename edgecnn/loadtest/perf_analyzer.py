@@ -1,0 +1,255 @@
+"""Triton's perf_analyzer, the field's reference load tester (C++), run against any KServe V2 gRPC
+server and read into the rows of `edgecnn loadtest`'s reports.
+
+The `tritonclient` wheel installs `perf_analyzer` beside the interpreter (the venv's bin/). On
+Debian it also needs `libb64.so.0d` (package `libb64-0d`) and `libcudart.so.12` (PyPI
+`nvidia-cuda-runtime-cu12`, whose `nvidia/cuda_runtime/lib` goes on LD_LIBRARY_PATH); `make bench`
+installs both. locate() finds the binary, builds that environment and checks that it starts,
+else raises PerfAnalyzerMissing saying what is missing.
+
+A run measures a closed loop at each concurrency of a range (sync calls, or `--async`), with
+perf_analyzer's own data: random bytes by default, which hold NaN and infinite float32 bit
+patterns (edgecnn accepts them as Triton does). Each concurrency is measured in windows of
+`interval_ms` until three in a row agree within `stability_percent` (perf_analyzer's
+stabilization; the figures are the last three windows'). perf_analyzer stops at a failed request:
+such a run raises PerfAnalyzerError with its message, so a row it returns had no error.
+Where the server answers ModelStatistics (Triton's statistics extension), a row also holds the
+server's own breakdown of a request (`server_us`: overhead, queue, compute input/infer/output).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+TOOL = "perf_analyzer"
+MODES = ("sync", "async")
+BINARY = "perf_analyzer"
+CUDART_PACKAGE = "nvidia-cuda-runtime-cu12"
+LIBB64_PACKAGE = "libb64-0d"
+_CLIENT_COLUMNS = {"p50 latency": "p50", "p90 latency": "p90", "p95 latency": "p95", "p99 latency": "p99"}
+# Server-side columns of its CSV (microseconds per request), with ModelStatistics only.
+_SERVER_COLUMNS = {
+    "Server Queue": "queue", "Server Compute Input": "compute_input", "Server Compute Infer": "compute_infer",
+    "Server Compute Output": "compute_output",
+}  # fmt: skip
+_CONCURRENCY = re.compile(r"^Request concurrency: (\d+)", re.M)
+_SERVER_LINE = re.compile(
+    r"Avg request latency: (\d+) usec \(overhead (\d+) usec \+ queue (\d+) usec \+ compute input (\d+) usec "
+    r"\+ compute infer (\d+) usec \+ compute output (\d+) usec\)"
+)
+_COUNTS = {
+    "requests": re.compile(r"Client:\s*\n\s*Request count: (\d+)"),
+    "mean_us": re.compile(r"Client:[\s\S]*?Avg latency: (\d+) usec"),
+    "server_inference_count": re.compile(r"Server:\s*\n\s*Inference count: (\d+)"),
+    "server_execution_count": re.compile(r"Server:[\s\S]*?Execution count: (\d+)"),
+    "server_success_count": re.compile(r"Server:[\s\S]*?Successful request count: (\d+)"),
+}
+UNSTABLE = "Failed to obtain stable measurement"
+
+
+class PerfAnalyzerMissing(RuntimeError):
+    """perf_analyzer, or a library it needs, is not installed here (the message says which)."""
+
+
+class PerfAnalyzerError(RuntimeError):
+    """A run that did not finish: a failed request, a server it could not use, or no stable
+    measurement (`unstable`)."""
+
+    def __init__(self, message: str, unstable: bool = False) -> None:
+        super().__init__(message)
+        self.unstable = unstable
+
+
+@dataclass(frozen=True)
+class PerfAnalyzer:
+    binary: Path
+    env: dict[str, str]  # the environment to run it in (LD_LIBRARY_PATH with libcudart's folder)
+    version: str
+
+
+def cuda_runtime_lib() -> Path | None:
+    """nvidia-cuda-runtime-cu12's library folder, when that wheel is installed."""
+    try:
+        spec = importlib.util.find_spec("nvidia.cuda_runtime")
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        lib = Path(location) / "lib"
+        if (lib / "libcudart.so.12").exists():
+            return lib
+    return None
+
+
+def locate(binary: Path | None = None) -> PerfAnalyzer:
+    """The perf_analyzer beside this interpreter (or on PATH), in an environment where it starts;
+    PerfAnalyzerMissing says what is missing."""
+    if binary is None:
+        beside = Path(sys.executable).parent / BINARY
+        found = beside if beside.is_file() else shutil.which(BINARY)
+        if not found:
+            raise PerfAnalyzerMissing(f"no {BINARY} beside {sys.executable} or on PATH (pip install tritonclient)")
+        binary = Path(found)
+    env = dict(os.environ)
+    lib = cuda_runtime_lib()
+    if lib is not None:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(lib), env.get("LD_LIBRARY_PATH", "")) if p)
+    try:
+        done = subprocess.run([str(binary), "--version"], env=env, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise PerfAnalyzerMissing(f"{binary} does not start: {exc}") from None
+    output = (done.stdout + done.stderr).strip()
+    if done.returncode != 0:
+        hint = ""
+        if "libb64" in output:
+            hint = f" (Debian package {LIBB64_PACKAGE}; make bench installs it)"
+        elif "libcudart" in output:
+            hint = f" (pip install {CUDART_PACKAGE}; make bench installs it)"
+        raise PerfAnalyzerMissing(f"{binary} does not start: {output.splitlines()[-1] if output else done.returncode}{hint}")
+    return PerfAnalyzer(binary, env, output.splitlines()[-1] if output else "")
+
+
+def command(
+    pa: PerfAnalyzer,
+    model: str,
+    server: str,
+    concurrency: tuple[int, int],
+    interval_ms: int,
+    csv_path: Path,
+    mode: str = "sync",
+    batch_size: int = 1,
+    stability_percent: float | None = None,
+    max_trials: int | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+    low, high = concurrency
+    if not 1 <= low <= high:
+        raise ValueError(f"concurrency range {low}:{high}: expected 1 <= A <= B")
+    cmd = [str(pa.binary), "-m", model, "-i", "grpc", "-u", server, "-b", str(batch_size),
+           "--concurrency-range", f"{low}:{high}", "--measurement-interval", str(interval_ms), "-f", str(csv_path)]  # fmt: skip
+    if mode == "async":
+        cmd.append("--async")
+    else:
+        cmd.append("--sync")
+    if stability_percent is not None:
+        cmd += ["--stability-percentage", f"{stability_percent:g}"]
+    if max_trials is not None:
+        cmd += ["--max-trials", str(max_trials)]
+    return cmd + list(extra)
+
+
+def run(
+    pa: PerfAnalyzer,
+    model: str,
+    server: str,
+    concurrency: tuple[int, int],
+    interval_ms: int = 1000,
+    mode: str = "sync",
+    batch_size: int = 1,
+    stability_percent: float | None = None,
+    max_trials: int | None = None,
+    timeout_s: float | None = None,
+    extra: Sequence[str] = (),
+) -> list[dict]:
+    """One perf_analyzer run over `concurrency` (A, B: every level from A to B); a row per level
+    in `edgecnn loadtest`'s step format. PerfAnalyzerError when it did not finish."""
+    with tempfile.TemporaryDirectory(prefix="perf_analyzer-") as tmp:
+        csv_path = Path(tmp) / "results.csv"
+        cmd = command(pa, model, server, concurrency, interval_ms, csv_path, mode, batch_size, stability_percent, max_trials, extra)
+        try:
+            done = subprocess.run(cmd, env=pa.env, cwd=tmp, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise PerfAnalyzerError(f"perf_analyzer against {server} ran past {timeout_s:g} s") from None
+        output = done.stdout + done.stderr
+        if done.returncode != 0 or not csv_path.exists():
+            raise PerfAnalyzerError(f"perf_analyzer against {server} ({mode}) failed (exit {done.returncode}): {_failure(output)}",
+                                    unstable=UNSTABLE in output)  # fmt: skip
+        return rows(csv_path.read_text(), done.stdout, mode, batch_size)
+
+
+def _failure(output: str) -> str:
+    """The lines of perf_analyzer's output that say why it stopped."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    said = [line for line in lines if "error" in line.lower() or "failed" in line.lower()]
+    return " | ".join(said[-3:] or lines[-3:]) or "no output"
+
+
+def client_name(mode: str) -> str:
+    """How a report names the client of a perf_analyzer row."""
+    return f"{TOOL} ({mode})"
+
+
+def rows(csv_text: str, stdout: str, mode: str, batch_size: int = 1) -> list[dict]:
+    """perf_analyzer's CSV (`-f`) and console output as rows like `edgecnn loadtest`'s steps: per
+    concurrency req/s, latencies (client side, ms), no errors, and the server's breakdown (us per
+    request) when the server reported ModelStatistics."""
+    lines = [line for line in csv_text.splitlines() if line.strip()]
+    if not lines:
+        raise PerfAnalyzerError("perf_analyzer wrote an empty CSV")
+    header = [h.strip() for h in lines[0].split(",")]
+    sections = _sections(stdout)
+    out = []
+    for line in lines[1:]:
+        cells = dict(zip(header, (c.strip() for c in line.split(","))))
+        if not cells.get("Concurrency", "").isdigit():
+            continue  # perf_analyzer adds other tables below the first with some flags
+        concurrency = int(cells["Concurrency"])
+        inferences = float(cells["Inferences/Second"])
+        section = sections.get(concurrency, {})
+        latency = {key: int(cells[col]) / 1000.0 for col, key in _CLIENT_COLUMNS.items() if col in cells}
+        latency["mean"] = section["mean_us"] / 1000.0 if "mean_us" in section else None
+        requests = section.get("requests")
+        out.append({
+            "tool": TOOL,
+            "client": client_name(mode),
+            "mode": "closed",
+            "concurrency": concurrency,
+            "rate": None,
+            "batch_size": batch_size,
+            "requests": requests,
+            "ok": requests,
+            "errors": {},
+            "req_per_s": round(inferences / batch_size, 2),
+            "images_per_s": round(inferences, 2),
+            "latency_ms": latency,
+            "server_us": _server_breakdown(cells, section),
+            "server_counts": {k[len("server_"):]: v for k, v in section.items() if k.startswith("server_")} or None,
+        })  # fmt: skip
+    if not out:
+        raise PerfAnalyzerError("perf_analyzer's CSV holds no measurement")
+    return sorted(out, key=lambda row: row["concurrency"])  # its CSV is in order of throughput
+
+
+def _server_breakdown(cells: dict[str, str], section: dict) -> dict[str, int] | None:
+    if "server" in section:
+        return section["server"]
+    if all(col in cells for col in _SERVER_COLUMNS):  # no console line: the CSV's columns alone
+        return {key: int(cells[col]) for col, key in _SERVER_COLUMNS.items()}
+    return None
+
+
+def _sections(stdout: str) -> dict[int, dict]:
+    """Per concurrency, what its console section says: client request count and mean latency,
+    and the server's breakdown and counts."""
+    starts = [(m.start(), int(m.group(1))) for m in _CONCURRENCY.finditer(stdout)]
+    found: dict[int, dict] = {}
+    for i, (start, concurrency) in enumerate(starts):
+        end = starts[i + 1][0] if i + 1 < len(starts) else len(stdout)
+        text = stdout[start:end]
+        section: dict = {key: int(m.group(1)) for key, pattern in _COUNTS.items() if (m := pattern.search(text))}
+        if m := _SERVER_LINE.search(text):
+            request, overhead, queue, compute_input, compute_infer, compute_output = map(int, m.groups())
+            section["server"] = {"request": request, "overhead": overhead, "queue": queue, "compute_input": compute_input,
+                                 "compute_infer": compute_infer, "compute_output": compute_output}  # fmt: skip
+        found[concurrency] = section
+    return found
