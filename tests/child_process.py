@@ -93,7 +93,19 @@ class ServeProcess(ChildProcess):
 
     def __init__(self, argv: list[str], **kwargs) -> None:
         super().__init__(argv, READY_LINE, **kwargs)
-        host, port, metrics = self.match.groups()
+        host, port, metrics, http = self.match.groups()
         self.port = int(port)
-        self.address = f"{'127.0.0.1' if host in _WILDCARD_HOSTS else host}:{self.port}"
+        self.host = '127.0.0.1' if host in _WILDCARD_HOSTS else host
+        self.address = f"{self.host}:{self.port}"
         self.metrics_port = int(metrics) if metrics else None
+        self._http_port = int(http) if http else None
+
+    @property
+    def http_port(self) -> int | None:
+        """The HTTP/REST port (None: served with --no-http or --http-port -1)."""
+        return self._http_port
+
+    @property
+    def http_url(self) -> str:
+        assert self._http_port is not None, "this server has no HTTP front end"
+        return f"http://{self.host}:{self._http_port}"

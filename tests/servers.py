@@ -41,7 +41,7 @@ def edgecnn_exe() -> str:
 def serve_argv(repository: Path, *extra: str, program: list[str] | None = None) -> list[str]:
     """`edgecnn serve` (or `program serve`) on loopback and free ports; later flags in `extra` win."""
     return [*(program or [edgecnn_exe()]), "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", "0",
-            "--metrics-port", "0", "--device", "cpu", *extra]  # fmt: skip
+            "--metrics-port", "0", "--http-port", "0", "--device", "cpu", *extra]  # fmt: skip
 
 
 @dataclass(frozen=True)

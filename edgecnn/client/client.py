@@ -93,6 +93,10 @@ class EdgeClient:
             request.version = self.version
         return self._call(self._classifier.ModelInfo, request)
 
+    def max_batch_size(self) -> int:
+        """The model's max batch size (0: unbatched), from ModelInfo."""
+        return self.model_info().max_batch_size
+
     def model_metadata(self) -> inference_pb2.ModelMetadataResponse:
         version = "" if self.version is None else str(self.version)
         request = inference_pb2.ModelMetadataRequest(name=self._need_model(), version=version)
@@ -102,3 +106,13 @@ class EdgeClient:
         """SERVING, NOT_SERVING, UNKNOWN or SERVICE_UNKNOWN for `service`: by default this
         client's model ("" = the whole server when no model was chosen)."""
         return health_status(self._channel, self.model if service is None else service, self.timeout, self._metadata)
+
+
+def open_client(server: str, model: str = "", version: int | None = None, **options):
+    """A client of `server`: the HTTP/REST one (edgecnn.client.http_client) for http:// or
+    https:// URLs, else the gRPC EdgeClient for HOST:PORT; `options` as EdgeClient takes them."""
+    from .http_client import HttpEdgeClient, is_http_url
+
+    if is_http_url(server):
+        return HttpEdgeClient(server, model, version, **options)
+    return EdgeClient(server, model, version, **options)

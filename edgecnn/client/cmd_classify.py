@@ -1,4 +1,5 @@
-"""`edgecnn classify`: send image files to a server's Classifier and print labels and scores.
+"""`edgecnn classify`: send image files to a server's Classifier (gRPC, HOST:PORT) or its
+HTTP/REST /classify endpoint (http[s]://HOST:PORT) and print labels and scores.
 
 Exit codes: 0 classified, 1 the server failed the call (the gRPC status is named), 2 bad
 arguments or input files.
@@ -12,7 +13,8 @@ import sys
 from edgecnn.auth_token import token_file_option
 
 from .channel import add_connection_args
-from .client import ClientError, EdgeClient
+from .client import ClientError, EdgeClient, open_client
+from .http_client import HttpEdgeClient
 from .image_files import InputFileError, NamedImage, read_image_files
 from .health import DEFAULT_TIMEOUT_S
 from .messages import Prediction
@@ -22,7 +24,10 @@ PROG = "edgecnn classify"
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="PNG/JPEG images, or .npy float32 tensors [C,H,W] / [N,C,H,W]")
-    parser.add_argument("--server", default="127.0.0.1:8001", help="HOST:PORT of the gRPC endpoint")
+    parser.add_argument(
+        "--server", default="127.0.0.1:8001",
+        help="HOST:PORT of the gRPC endpoint, or http://HOST:PORT (https://) of the HTTP/REST one",
+    )
     parser.add_argument("--model", required=True, help="model name in the server's repository")
     parser.add_argument("--version", type=int, default=None, help="model version (default: the latest)")
     parser.add_argument("--top-k", type=int, default=3, help="classes to show per image, best first")
@@ -40,11 +45,11 @@ def format_table(images: list[NamedImage], predictions: list[list[Prediction]]) 
     return "\n".join(lines)
 
 
-def classify_all(client: EdgeClient, images: list[NamedImage], top_k: int) -> list[list[Prediction]]:
+def classify_all(client: EdgeClient | HttpEdgeClient, images: list[NamedImage], top_k: int) -> list[list[Prediction]]:
     """One Classify call per chunk of at most the model's max batch size."""
     chunk = len(images)
     if chunk > 1:
-        chunk = max(client.model_info().max_batch_size, 1)
+        chunk = max(client.max_batch_size(), 1)
     predictions: list[list[Prediction]] = []
     for start in range(0, len(images), chunk):
         predictions.extend(client.classify([i.image for i in images[start : start + chunk]], top_k=top_k))
@@ -57,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--top-k {args.top_k}: expected a positive number of classes")
         images = read_image_files(args.files)
         token = token_file_option(args.auth_token_file)
-        client = EdgeClient(
+        client = open_client(
             args.server, args.model, args.version, tls_ca=args.tls_ca, token=token, timeout=args.timeout,
             tls_cert=args.tls_cert, tls_key=args.tls_key,
         )  # fmt: skip

@@ -40,7 +40,7 @@ def test_deadline_is_honoured(server, infer_stub, samples, monkeypatch):
         with pytest.raises(grpc.RpcError) as info:
             infer_stub.ModelInfer(infer_request("lenet5-batched", samples["x"][1:3]), timeout=BATCHED_DELAY_US / 1e6 / 5)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        expired = {"model": "lenet5-batched", "version": "1", "api": "ModelInfer", "code": "DEADLINE_EXCEEDED"}
+        expired = {"model": "lenet5-batched", "version": "1", "api": "ModelInfer", "code": "DEADLINE_EXCEEDED", "protocol": "grpc"}
         seen = sample(before, "edgecnn_requests_total", **expired)
         wait_until(lambda: sample(scrape(server), "edgecnn_requests_total", **expired) > seen, "the server to see the deadline pass")
     finally:

@@ -36,7 +36,7 @@ def test_tls_and_token(repository, samples, tmp_path):
                 stub.ModelInfer(request, metadata=metadata, timeout=TIMEOUT)
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED and expected in info.value.details()
         refused = running.server.metrics.registry.get_sample_value(
-            "edgecnn_requests_total", {"model": "", "version": "", "api": "ModelInfer", "code": "UNAUTHENTICATED"}
+            "edgecnn_requests_total", {"model": "", "version": "", "api": "ModelInfer", "code": "UNAUTHENTICATED", "protocol": "grpc"}
         )
         assert refused == 2
         response = stub.ModelInfer(request, metadata=(("authorization", "Bearer s3cret"),), timeout=TIMEOUT)
