@@ -17,13 +17,14 @@ from typing import Any
 from edgecnn.auth_token import token_file_option
 from edgecnn.client.channel import add_connection_args, channel_credentials, parse_server
 from edgecnn.client.client import ClientError
+from edgecnn.client.http_client import is_http_url, parse_url, ssl_context
 from edgecnn.client.messages import INPUT_NAME
 from edgecnn.number_args import NON_NEGATIVE_SECONDS, POSITIVE_RATE, POSITIVE_SECONDS, float_arg, is_non_negative, is_positive, positive_ints
 
 from .plot import PlotUnavailable, check_plot_path, plot_latency
 from .report import build_report, format_table, saturation_warnings, write_csv, write_json
 from .runner import Plan, run_plan
-from .workload import APIS, Target, make_payloads, model_input
+from .workload import APIS, HTTP_BODIES, PROTOCOLS, Target, make_payloads, model_input
 
 PROG = "edgecnn loadtest"
 
@@ -36,7 +37,19 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", default="127.0.0.1:8001", help="HOST:PORT of the gRPC endpoint")
+    parser.add_argument(
+        "--server", default=None,
+        help="HOST:PORT of the gRPC endpoint (default 127.0.0.1:8001), or http[s]://HOST:PORT of the HTTP/REST one "
+        "(default with --protocol http: http://127.0.0.1:8000)",
+    )
+    parser.add_argument(
+        "--protocol", choices=PROTOCOLS, default=None,
+        help="grpc, or http (KServe V2 REST); default: http for an http[s]:// --server, else grpc",
+    )
+    parser.add_argument(
+        "--http-body", choices=HTTP_BODIES, default="binary",
+        help="infer over HTTP: the binary tensor data extension (default) or JSON tensors",
+    )
     parser.add_argument("--model", required=True, help="model name")
     parser.add_argument("--version", type=int, default=None, help="model version (default: the latest)")
     parser.add_argument("--api", choices=APIS, default="infer", help="KServe V2 ModelInfer tensors, or Classifier with PNG images")
@@ -85,11 +98,20 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         _check_outputs(args)
-        parse_server(args.server)
-        credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)  # every TLS file readable, before any process starts
+        protocol, args.server = _protocol_and_server(args)
+        # Every TLS file readable, before any process starts.
+        if protocol == "grpc":
+            parse_server(args.server)
+            credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+        else:
+            https = parse_url(args.server)[0] == "https"
+            credentials = ssl_context(args.tls_ca, args.tls_cert, args.tls_key) if https else None
+            if not https and (args.tls_ca or args.tls_cert):
+                raise ValueError(f"--server {args.server}: TLS files given for plain http; use https://")
         token = token_file_option(args.auth_token_file)
         target = Target(
-            args.server, args.model, args.version, args.api, args.tls_ca, token, args.timeout, args.tls_cert, args.tls_key
+            args.server, args.model, args.version, args.api, args.tls_ca, token, args.timeout, args.tls_cert, args.tls_key,
+            protocol=protocol, http_body=args.http_body,
         )
         duration = 5.0 if args.duration is None and args.requests is None else args.duration
         if args.input_shape is not None:
@@ -108,11 +130,12 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
 
     config = {
-        "server": args.server, "model": args.model, "version": args.version, "api": args.api,
+        "server": args.server, "protocol": target.protocol, "http_body": target.http_body if target.protocol == "http" else None,
+        "model": args.model, "version": args.version, "api": args.api,
         "batch_size": args.batch_size, "mode": plan.mode, "concurrency": list(args.concurrency) if plan.mode == "closed" else None,
         "rate": args.rate, "duration_s": duration, "requests": args.requests, "warmup_s": args.warmup,
         "processes": args.processes, "timeout_s": args.timeout, "input_shape": [args.batch_size, *shape],
-        "input": "random float32 tensors" if args.api == "infer" else "PNG-encoded random images",
+        "input": _input_text(target),
         "tls": credentials is not None,
         "client_certificate": args.tls_cert is not None, "auth": token is not None, "seed": args.seed,
     }  # fmt: skip
@@ -131,6 +154,25 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(plan_run.stopped_by, KeyboardInterrupt):
         return 130
     return 1 if failed or unwritten or plan_run.stopped_by else 0
+
+
+def _protocol_and_server(args: argparse.Namespace) -> tuple[str, str]:
+    """The protocol (--protocol, else the --server's scheme) and the server, an http[s]:// URL over HTTP."""
+    url = args.server is not None and is_http_url(args.server)
+    protocol = args.protocol or ("http" if url else "grpc")
+    if protocol == "grpc" and url:
+        raise ValueError(f"--server {args.server}: an HTTP URL with --protocol grpc; expected HOST:PORT")
+    if args.server is None:
+        return protocol, "http://127.0.0.1:8000" if protocol == "http" else "127.0.0.1:8001"
+    return protocol, args.server if protocol == "grpc" or url else f"http://{args.server}"
+
+
+def _input_text(target: Target) -> str:
+    if target.api == "classify":
+        return "PNG-encoded random images" + (" (multipart/form-data)" if target.protocol == "http" else "")
+    if target.protocol == "http":
+        return f"random float32 tensors ({'binary tensor data' if target.http_body == 'binary' else 'JSON'})"
+    return "random float32 tensors"
 
 
 def _write_outputs(report: dict[str, Any], args: argparse.Namespace) -> int:

@@ -14,12 +14,22 @@ from .stats import new_histogram, record_seconds
 Call = Callable[..., "grpc.aio.UnaryUnaryCall"]
 
 
+class RequestFailed(Exception):
+    """A request of another protocol (HTTP, http_requests.py) failed; `code` names how."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 async def send(call: Call, payload: bytes, timeout_s: float, metadata: Sequence[tuple[str, str]]) -> str | None:
-    """None when the call succeeded, else the gRPC status code's name."""
+    """None when the call succeeded, else the gRPC status code's name (or the other protocol's code)."""
     try:
         await call(payload, timeout=timeout_s, metadata=metadata)
     except grpc.aio.AioRpcError as exc:
         return exc.code().name
+    except RequestFailed as exc:
+        return exc.code
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - a client-side failure is still a failed request

@@ -63,6 +63,12 @@ class Slots:
 
 async def _run(spec: WorkerSpec, slots: Slots, index: int) -> WorkerResult:
     target = spec.target
+    if target.protocol == "http":
+        from .http_requests import http_call
+
+        async with http_call(target) as call:
+            await asyncio.sleep(max(0.0, spec.start_at - time.time()))
+            return await measure(spec, call, slots.setter(index))
     async with target.aio_channel() as channel:
         try:
             await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)

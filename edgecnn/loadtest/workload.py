@@ -1,7 +1,8 @@
 """What a load test sends: the target server and a few pre-serialized requests.
 
 Requests are serialized once and sent as bytes (and replies kept as bytes) so the client
-spends its CPU on the wire, not on protobuf, and saturates later than the server.
+spends its CPU on the wire, not on protobuf, and saturates later than the server. Over HTTP
+(protocol "http") the bytes are KServe V2 REST bodies (http_requests.py).
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import numpy as np
 
 from edgecnn.auth_token import auth_metadata
 from edgecnn.client.channel import open_aio_channel
-from edgecnn.client.client import EdgeClient
+from edgecnn.client.client import EdgeClient, open_client
 from edgecnn.client.image_files import encode_png
 from edgecnn.client.messages import CLASSIFY_METHOD, INFER_METHOD, classify_request, infer_request
 
+from .http_requests import HTTP_BODIES, classify_body, infer_body
+
 APIS = ("infer", "classify")
+PROTOCOLS = ("grpc", "http")
 DISTINCT_PAYLOADS = 8
 
 
@@ -32,10 +36,16 @@ class Target:
     timeout_s: float = 10.0
     tls_cert: str | None = None  # client certificate (and its key) for --tls-client-ca servers
     tls_key: str | None = None
+    protocol: str = "grpc"  # http: `server` is an http[s]://HOST:PORT URL
+    http_body: str = "binary"
 
     def __post_init__(self) -> None:
         if self.api not in APIS:
             raise ValueError(f"api {self.api!r}: expected one of {', '.join(APIS)}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol {self.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+        if self.http_body not in HTTP_BODIES:
+            raise ValueError(f"HTTP body {self.http_body!r}: expected one of {', '.join(HTTP_BODIES)}")
 
     @property
     def method(self) -> str:
@@ -49,7 +59,8 @@ class Target:
         return open_aio_channel(self.server, self.tls_ca, self.tls_cert, self.tls_key)
 
     def client(self) -> EdgeClient:
-        return EdgeClient(
+        """A synchronous client of the target (HttpEdgeClient over http)."""
+        return open_client(
             self.server, self.model, self.version, tls_ca=self.tls_ca, token=self.token, timeout=self.timeout_s,
             tls_cert=self.tls_cert, tls_key=self.tls_key,
         )  # fmt: skip
@@ -59,11 +70,14 @@ def model_input(target: Target) -> tuple[str, tuple[int, int, int]]:
     """The model's input tensor name and [C, H, W], from the server's ModelMetadata."""
     with target.client() as client:
         metadata = client.model_metadata()
-    if len(metadata.inputs) != 1 or len(metadata.inputs[0].shape) != 4:
-        shapes = [list(i.shape) for i in metadata.inputs]
-        raise ValueError(f"model {target.model!r} declares inputs {shapes}; expected one [N, C, H, W] input")
-    c, h, w = (int(d) for d in metadata.inputs[0].shape[1:])
-    return metadata.inputs[0].name, (c, h, w)
+    if isinstance(metadata, dict):  # over HTTP: KServe V2 REST metadata
+        inputs = [(i["name"], list(i["shape"])) for i in metadata["inputs"]]
+    else:
+        inputs = [(i.name, list(i.shape)) for i in metadata.inputs]
+    if len(inputs) != 1 or len(inputs[0][1]) != 4:
+        raise ValueError(f"model {target.model!r} declares inputs {[shape for _, shape in inputs]}; expected one [N, C, H, W] input")
+    c, h, w = (int(d) for d in inputs[0][1][1:])
+    return inputs[0][0], (c, h, w)
 
 
 def make_payloads(
@@ -78,12 +92,20 @@ def make_payloads(
     for _ in range(count):
         if target.api == "infer":
             x = rng.standard_normal((batch_size, *shape), dtype=np.float32)
+            if target.protocol == "http":
+                payloads.append(infer_body(x, input_name, target.http_body))
+                continue
             request = infer_request(target.model, target.version, x, input_name)
         else:
             if shape[0] in (1, 3):
                 images = [encode_png(rng.integers(0, 256, size=shape, dtype=np.uint8)) for _ in range(batch_size)]
+            elif target.protocol == "http":
+                raise ValueError(f"classify over HTTP takes PNG images; the model's {shape[0]} channels are neither grey nor RGB")
             else:
                 images = list(rng.standard_normal((batch_size, *shape), dtype=np.float32))
+            if target.protocol == "http":
+                payloads.append(classify_body(images))
+                continue
             request = classify_request(target.model, target.version, images)
         payloads.append(request.SerializeToString())
     return payloads
