@@ -56,11 +56,18 @@ def make_repository(root: Path) -> Repository:
 
 
 @contextmanager
-def running_server(repository: Path, **settings_overrides: Any) -> Iterator[str]:
-    """The HOST:PORT of a server on 127.0.0.1 serving `repository` until the block ends;
-    keyword arguments override Settings fields (auth_token, tls_cert, ...)."""
+def serving(repository: Path, **settings_overrides: Any) -> Iterator[Any]:
+    """A ServerThread on 127.0.0.1 serving `repository` until the block ends (free ports, no
+    metrics); keyword arguments override Settings fields (auth_token, tls_cert, http_port, ...)."""
     from edgecnn.server import ServerThread, Settings
 
     settings = Settings(repository=repository, host="127.0.0.1", port=0, metrics_port=None, device="cpu", **settings_overrides)
     with ServerThread(settings) as server:
+        yield server
+
+
+@contextmanager
+def running_server(repository: Path, **settings_overrides: Any) -> Iterator[str]:
+    """The HOST:PORT of a server (`serving`) until the block ends."""
+    with serving(repository, **settings_overrides) as server:
         yield server.address

@@ -30,6 +30,14 @@ class ClientError(RuntimeError):
         self.details = message
 
 
+def check_options(timeout: float, version: int | None) -> None:
+    """ValueError for a client's timeout or model version that cannot be (both protocols' clients)."""
+    if timeout <= 0:
+        raise ValueError(f"timeout {timeout}: expected a positive number of seconds")
+    if version is not None and version < 1:
+        raise ValueError(f"version {version}: expected a positive model version")
+
+
 class EdgeClient:
     def __init__(
         self,
@@ -44,10 +52,7 @@ class EdgeClient:
     ) -> None:
         """`tls_ca`: PEM CA to trust (enables TLS); `tls_cert`/`tls_key`: a client certificate
         for servers that require one (--tls-client-ca); `token`: bearer token."""
-        if timeout <= 0:
-            raise ValueError(f"timeout {timeout}: expected a positive number of seconds")
-        if version is not None and version < 1:
-            raise ValueError(f"version {version}: expected a positive model version")
+        check_options(timeout, version)
         self.server = server
         self.model = model
         self.version = version

@@ -24,7 +24,7 @@ import grpc
 import numpy as np
 
 from .channel import PathLike
-from .client import ClientError
+from .client import ClientError, check_options
 from .health import DEFAULT_TIMEOUT_S
 from .messages import FP32, ImageInput, Prediction, as_batch
 
@@ -103,10 +103,7 @@ class HttpEdgeClient:
     ) -> None:
         """`server`: http://HOST:PORT, or https://HOST:PORT (trusting `tls_ca`, else the system's
         roots; `tls_cert`/`tls_key`: a client certificate); `token`: bearer token."""
-        if timeout <= 0:
-            raise ValueError(f"timeout {timeout}: expected a positive number of seconds")
-        if version is not None and version < 1:
-            raise ValueError(f"version {version}: expected a positive model version")
+        check_options(timeout, version)
         scheme, self.host, self.port = parse_url(server)
         if scheme == "http" and (tls_ca is not None or tls_cert is not None):
             raise ValueError(f"server {server!r}: TLS files given for plain http; use https://")

@@ -10,18 +10,13 @@ import pytest
 from edgecnn.client import ClientError, EdgeClient
 from edgecnn.client.client import open_client
 from edgecnn.client.http_client import HttpEdgeClient, is_http_url, parse_url
-from edgecnn.server import ServerThread, Settings
 from tests.onnx_models import normalized, png_bytes, reference_logits, sample_images
-from tests.servers import MODEL, TOKEN
+from tests.servers import MODEL, TOKEN, serving
 
 
 @pytest.fixture(scope="module")
 def served(served_repository):
-    settings = Settings(
-        repository=served_repository.dir, host="127.0.0.1", port=0, metrics_port=None, http_port=0, device="cpu",
-        auth_token=TOKEN,
-    )  # fmt: skip
-    with ServerThread(settings) as running:
+    with serving(served_repository.dir, http_port=0, auth_token=TOKEN) as running:
         yield running
 
 

@@ -10,17 +10,12 @@ import pytest
 
 from edgecnn.cli import main
 from edgecnn.loadtest.http_requests import header_length, infer_body
-from edgecnn.server import ServerThread, Settings
-from tests.servers import MODEL, TOKEN
+from tests.servers import MODEL, TOKEN, serving
 
 
 @pytest.fixture(scope="module")
 def http_url(served_repository):
-    settings = Settings(
-        repository=served_repository.dir, host="127.0.0.1", port=0, metrics_port=None, http_port=0, device="cpu",
-        auth_token=TOKEN,
-    )  # fmt: skip
-    with ServerThread(settings) as running:
+    with serving(served_repository.dir, http_port=0, auth_token=TOKEN) as running:
         yield f"http://127.0.0.1:{running.http_port}"
 
 

@@ -19,19 +19,9 @@ from edgecnn.server.cmd_serve import READY_LINE
 from tests.child_process import ServeProcess
 from tests.onnx_models import reference_logits, write_version
 from tests.server.http_helpers import binary_infer_body, binary_logits, request
+from tests.server.test_drain import SLOW_SERVE  # `edgecnn serve` whose ONNX Runtime calls take 0.5 s more
 from tests.servers import serve_argv
 
-SLOW_SERVE = """
-import sys, time
-from edgecnn.server.model_version import ModelVersion
-run = ModelVersion.run
-def slow_run(self, batch):
-    time.sleep(0.5)
-    return run(self, batch)
-ModelVersion.run = slow_run
-from edgecnn.cli import main
-sys.exit(main())
-"""
 
 
 @pytest.fixture(scope="module")
