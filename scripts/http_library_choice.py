@@ -1,7 +1,9 @@
 """How the HTTP front end's library was chosen (issue 14): req/s of batch-1 LeNet-5 over the KServe
 V2 binary tensor extension, the same handler on aiohttp and on starlette + uvicorn (h11, and
 httptools when installed), each server alone in its own process, one client process (aiohttp's
-client, keep-alive) at concurrency 1 and 16, rounds alternating between the servers.
+client, keep-alive) at concurrency 1 and 16, rounds alternating between the servers. Besides
+req/s (which a busy machine moves a lot), each row gives the server process's CPU time per
+request (user + system, from /proc), which other load on the machine hardly moves.
 
     .venv/bin/python scripts/http_library_choice.py [--rounds 3] [--seconds 3]
 
@@ -15,6 +17,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
 import socket
 import statistics
 import sys
@@ -102,7 +105,12 @@ def _body() -> tuple[bytes, int]:
     return head + raw, len(head)
 
 
-async def _load(port: int, concurrency: int, seconds: float) -> float:
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+async def _load(port: int, concurrency: int, seconds: float, pid: int) -> tuple[float, float]:
     import aiohttp
 
     body, n = _body()
@@ -124,9 +132,9 @@ async def _load(port: int, concurrency: int, seconds: float) -> float:
                     assert r.status == 200, r.status
                 done += 1
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_s(pid)
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return done / (time.perf_counter() - start)
+        return done / (time.perf_counter() - start), (_cpu_s(pid) - cpu) / done
 
 
 def _wait_listening(port: int, timeout_s: float = 30.0) -> None:
@@ -153,26 +161,28 @@ def main() -> int:
     except ImportError:
         pass
     ctx = mp.get_context("spawn")
-    ports, procs = {}, []
+    ports, procs, pids = {}, [], {}
     for name, (target, extra) in servers.items():
         ports[name] = _free_port()
         proc = ctx.Process(target=target, args=(ports[name], *extra), daemon=True)
         proc.start()
         procs.append(proc)
+        pids[name] = proc.pid
     try:
         for port in ports.values():
             _wait_listening(port)
-        results: dict[tuple[str, int], list[float]] = {}
+        results: dict[tuple[str, int], list[tuple[float, float]]] = {}
         for r in range(args.rounds):
             order = list(servers)[r % len(servers):] + list(servers)[: r % len(servers)]
             for concurrency in (1, 16):
                 for name in order:
-                    rate = asyncio.run(_load(ports[name], concurrency, args.seconds))
-                    results.setdefault((name, concurrency), []).append(rate)
-                    print(f"round {r + 1} c={concurrency:<2} {name:30} {rate:8.0f} req/s", flush=True)
-        print("\nmedian req/s over the rounds")
-        for (name, concurrency), rates in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            print(f"  c={concurrency:<2} {name:30} {statistics.median(rates):8.0f}")
+                    rate, cpu = asyncio.run(_load(ports[name], concurrency, args.seconds, pids[name]))
+                    results.setdefault((name, concurrency), []).append((rate, cpu))
+                    print(f"round {r + 1} c={concurrency:<2} {name:30} {rate:8.0f} req/s {cpu * 1e6:6.0f} us CPU/req", flush=True)
+        print("\nmedians over the rounds: req/s, server CPU per request")
+        for (name, concurrency), rows in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            rate, cpu = statistics.median(r for r, _ in rows), statistics.median(c for _, c in rows)
+            print(f"  c={concurrency:<2} {name:30} {rate:8.0f} req/s {cpu * 1e6:6.0f} us")
     finally:
         for proc in procs:
             proc.terminate()

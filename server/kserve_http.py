@@ -71,7 +71,10 @@ def http_status(exc: ServingError) -> int:
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers)
+    response = _json({"error": message}, status)
+    if headers:
+        response.headers.update(headers)
+    return response
 
 
 def _route_error(request: web.Request, exc: web.HTTPException) -> str:
