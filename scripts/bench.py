@@ -114,7 +114,7 @@ def server_command(kind: str, model: BenchModel, threads: int, delay_us: int, de
         return cmd, r"listening on (\S+):(\d+)"
     delay = 0 if kind == "batching-off" else delay_us
     cmd = [sys.executable, "-m", "edgecnn.cli", "serve", "--repository", str(model.repository), "--host", "127.0.0.1",
-           "--port", "0", "--metrics-port", "-1", "--device", device, "--threads", str(threads),
+           "--port", "0", "--metrics-port", "-1", "--http-port", "0", "--device", device, "--threads", str(threads),
            "--max-batch-size", "64", "--max-queue-delay-us", str(delay), "--log-level", "WARNING"]  # fmt: skip
     return cmd, READY_LINE.pattern
 

@@ -92,7 +92,7 @@ def main() -> int:
     log = open(out / "server.log", "w")
     proc = subprocess.Popen(
         [EDGECNN, "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", str(port),
-         "--metrics-port", str(metrics_port)],
+         "--metrics-port", str(metrics_port), "--http-port", "0"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
