@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test test-gpu results bench bench-gpu protos clean
+.PHONY: setup data demo test test-gpu results bench bench-gpu protos clean image image-test
 
 setup: $(STAMP)
 
@@ -54,3 +54,16 @@ protos: setup
 
 clean:
 	rm -rf runs .pytest_cache
+
+# The CPU server image (deploy/docker/Dockerfile) with docker or podman, whichever works here.
+# OFFLINE_BASE=1: no container registry reachable; builds the python:3.11-slim-bookworm base locally
+# with debootstrap (root, a Debian mirror) and builds through the host's network and CA bundle
+# (deploy/docker/image.py). image-test builds it, runs it with a model repository mounted
+# read-only and checks it through its published ports (tests/deploy/test_image.py).
+OFFLINE_BASE ?= 0
+
+image:
+	OFFLINE_BASE=$(OFFLINE_BASE) $(PYTHON) deploy/docker/image.py build
+
+image-test: setup
+	EDGECNN_IMAGE_TEST=1 OFFLINE_BASE=$(OFFLINE_BASE) $(BIN)/python -m pytest -q -rA -s tests/deploy/test_image.py
