@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test test-gpu results bench bench-gpu protos clean image image-test
+.PHONY: setup data demo test test-gpu results bench bench-deps bench-gpu protos clean image image-test
 
 setup: $(STAMP)
 
@@ -39,14 +39,25 @@ test: setup data
 results: setup data
 	$(BIN)/python scripts/results.py
 
-bench: setup data
+# perf_analyzer (the tritonclient wheel's, in $(BIN)) needs libb64.so.0d (Debian's libb64-0d) and
+# libcudart.so.12 (PyPI's nvidia-cuda-runtime-cu12; edgecnn/loadtest/perf_analyzer.py puts its lib
+# folder on LD_LIBRARY_PATH). Never fatal: without them the bench reports why it has no perf_analyzer figures.
+bench-deps: setup
+	-@if ldconfig -p 2>/dev/null | grep -q 'libb64\.so\.0d'; then echo "libb64.so.0d: installed"; \
+	elif command -v apt-get >/dev/null && SUDO=$$( [ "$$(id -u)" = 0 ] || command -v sudo ) \
+		&& $$SUDO apt-get update -q && $$SUDO apt-get install -y -q libb64-0d; then echo "libb64.so.0d: installed libb64-0d"; \
+	else echo "no libb64-0d (no apt, or it failed): the bench runs without perf_analyzer"; fi
+	-@$(BIN)/pip install -q nvidia-cuda-runtime-cu12 \
+		|| echo "no nvidia-cuda-runtime-cu12 (pip failed): the bench runs without perf_analyzer"
+
+bench: setup data bench-deps
 	$(BIN)/python scripts/bench.py
 
 # On a machine with an NVIDIA GPU (they skip or refuse elsewhere).
 test-gpu: setup data
 	$(BIN)/python -m pytest -q -m cuda
 
-bench-gpu: setup data
+bench-gpu: setup data bench-deps
 	$(BIN)/python scripts/bench.py --devices cuda --out docs/benchmarks-gpu.md
 
 protos: setup

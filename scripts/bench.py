@@ -3,21 +3,28 @@
 For LeNet-5, the CIFAR CNN and MobileNetV2 it measures
   (a) ONNX Runtime in-process (the compute limit),
   (b) scripts/bench_floor_server.py, a bare grpc.aio Open Inference Protocol server (the floor
-      of a Python gRPC service: decode, run, encode; nothing else),
+      of a Python gRPC service: decode, run, encode; nothing else), in two variants: ONNX Runtime
+      on an executor thread (floor) and, for batch-1 calls of models within edgecnn's inline
+      budget, inline on the event loop (floor-inline); edgecnn is judged against the faster,
   (c) `edgecnn serve` with dynamic batching off, and (d) on,
-with the same client (the `edgecnn loadtest` library, KServe V2 ModelInfer, batch 1) over the
-same concurrency sweep, and writes docs/benchmarks.md and docs/benchmarks.png. Every server
-loads only the model under test (one repository per model). The three servers of a model run
-side by side, fresh processes each round, and every step is measured in short slices that
-alternate between them (edgecnn/loadtest/side_by_side.py), so a neighbour's burst or a drift of
-the machine hits all three alike; each step pools its slices and rounds.
+with the same two clients over the same concurrency sweep: the `edgecnn loadtest` library (KServe
+V2 ModelInfer, batch 1) and Triton's perf_analyzer (C++, sync and --async, its default random
+data; edgecnn/loadtest/perf_analyzer.py), and writes docs/benchmarks.md and docs/benchmarks.png.
+Every server loads only the model under test (one repository per model). The four servers of a
+model run side by side, fresh processes each round, and every step is measured in short slices
+that alternate between them (edgecnn/loadtest/side_by_side.py), so a neighbour's burst or a drift
+of the machine hits all four alike; each step pools its slices and rounds. perf_analyzer then
+measures the same servers in the first --pa-rounds rounds, one run per server, concurrency and
+mode, alternating between the servers too; it also reads edgecnn's own breakdown of a request
+(ModelStatistics) into the report. Without perf_analyzer or its libraries (libb64-0d,
+nvidia-cuda-runtime-cu12: `make bench` installs them) those columns say why they are missing.
 Where a CUDA GPU is usable (nvidia-smi and ONNX Runtime's CUDAExecutionProvider), every leg runs
 again with --device cuda. Timing goals are reported as met / not met, never asserted
 (edgecnn/loadtest/bench_report.py). This script starts the servers and writes their model
 repositories; the measuring and the report are the package's.
 
-    python scripts/bench.py            # ~23 minutes on 2 cores
-    python scripts/bench.py --quick    # ~2 minutes: one round of 1 s steps
+    python scripts/bench.py            # ~50 minutes on 2 cores
+    python scripts/bench.py --quick    # ~5 minutes: one round of 1 s steps
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from collections.abc import Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without an install too
 
 from edgecnn.loadtest.bench_report import CUDA_SUFFIX, SERVERS, render, write_report, write_results  # noqa: E402
+from edgecnn.loadtest import perf_analyzer as pa  # noqa: E402
 from edgecnn.loadtest.onnxruntime_in_process import bench_onnxruntime  # noqa: E402
 from edgecnn.loadtest.side_by_side import SliceSchedule, measure_side_by_side  # noqa: E402
 from edgecnn.loadtest.workload import Target, make_payloads  # noqa: E402
@@ -47,6 +56,7 @@ from edgecnn.number_args import (  # noqa: E402
 from edgecnn.repository import INPUT_NAME  # noqa: E402
 from edgecnn.server.cmd_serve import READY_LINE  # noqa: E402
 from edgecnn.server.device import cuda_usable  # noqa: E402
+from edgecnn.server.settings import DEFAULT_INLINE_MAX_US  # noqa: E402
 from machine import cpu_model, memory_gib  # noqa: E402  (scripts/machine.py)
 from tests.child_process import ChildProcess  # noqa: E402
 
@@ -108,9 +118,11 @@ def prepare_models(workdir: Path, names: list[str], log) -> list[BenchModel]:
 
 def server_command(kind: str, model: BenchModel, threads: int, delay_us: int, device: str) -> tuple[list[str], str]:
     """The command line of one server kind, and the regex of its ready line (group 2: port)."""
-    if kind == "floor":
+    if kind in ("floor", "floor-inline"):
         cmd = [sys.executable, str(ROOT / "scripts" / "bench_floor_server.py"), "--model", str(model.onnx),
                "--name", model.name, "--port", "0", "--threads", str(threads), "--device", device]  # fmt: skip
+        if kind == "floor-inline" and device == "cpu":  # edgecnn runs nothing inline on CUDA either
+            cmd += ["--inline-max-us", str(DEFAULT_INLINE_MAX_US)]
         return cmd, r"listening on (\S+):(\d+)"
     delay = 0 if kind == "batching-off" else delay_us
     cmd = [sys.executable, "-m", "edgecnn.cli", "serve", "--repository", str(model.repository), "--host", "127.0.0.1",
@@ -125,17 +137,20 @@ def running(cmd: list[str], ready: str, log_path: Path) -> Iterator[str]:
         yield f"127.0.0.1:{child.match.group(2)}"
 
 
-def measure_servers(model: BenchModel, device: str, args: argparse.Namespace, log) -> dict[str, dict]:
+def measure_servers(
+    model: BenchModel, device: str, args: argparse.Namespace, log, perf_analyzer_reports: dict | None = None
+) -> dict[str, dict]:
     """`args.rounds` rounds, each with a fresh process of every server kind, all up together
     (idle but for the one measured), measured side by side in alternating slices; a report per
-    server kind."""
+    server kind. With args.perf_analyzer, perf_analyzer measures them too in the first
+    args.pa_rounds rounds: perf_analyzer_reports gets {kind: {mode: report}}."""
     schedule = SliceSchedule(args.concurrency, args.duration, args.warmup, args.slices, args.processes)
     # Random float32 tensors of batch 1 (KServe V2 ModelInfer, raw_input_contents), for every server.
     payloads = make_payloads(Target("", model.name), INPUT_NAME, model.input_shape, batch_size=1)
 
     @contextmanager
     def fresh_servers(r: int) -> Iterator[dict[str, Target]]:
-        log(f"{model.name}: {', '.join(SERVERS.values())} ({device}), round {r + 1}/{args.rounds}")
+        log(f"{model.name}: {', '.join(SERVERS)} ({device}), round {r + 1}/{args.rounds}")
         with ExitStack() as stack:
             targets = {}
             for kind in SERVERS:
@@ -144,7 +159,27 @@ def measure_servers(model: BenchModel, device: str, args: argparse.Namespace, lo
                 targets[kind] = Target(address, model.name)
             yield targets
 
-    return measure_side_by_side(fresh_servers, args.rounds, schedule, payloads, log)
+    measured: dict[str, dict[str, dict[int, list[dict]]]] = {}
+
+    def with_perf_analyzer(r: int, targets: Mapping[str, Target]) -> None:
+        if args.perf_analyzer is None or r >= args.pa_rounds:
+            return
+        log(f"{model.name}: perf_analyzer ({', '.join(args.pa_modes)}) ({device}), round {r + 1}/{min(args.pa_rounds, args.rounds)}")
+        by_server = pa.measure_round(args.perf_analyzer, targets, args.concurrency, r, args.pa_modes, args.pa_interval_ms,
+                                     args.pa_stability, log)  # fmt: skip
+        for kind, by_mode in by_server.items():
+            for mode, by_c in by_mode.items():
+                for c, row in by_c.items():
+                    measured.setdefault(kind, {}).setdefault(mode, {}).setdefault(c, []).append(row)
+
+    reports = measure_side_by_side(fresh_servers, args.rounds, schedule, payloads, log, with_perf_analyzer)
+    if perf_analyzer_reports is not None:
+        for kind, by_mode in measured.items():
+            perf_analyzer_reports[kind] = {
+                mode: {"tool": pa.TOOL, "client": pa.client_name(mode), "steps": [pa.pool_rows(by_c[c]) for c in args.concurrency]}
+                for mode, by_c in by_mode.items()
+            }
+    return reports
 
 
 # --- the machine ---------------------------------------------------------------------------------
@@ -191,6 +226,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for every server")
     parser.add_argument("--processes", type=int_at_least(1), default=2, help="load-test client processes")
     parser.add_argument("--batch-delay-us", type=int, default=500, help="edgecnn's max queue delay with batching on")
+    parser.add_argument("--pa-rounds", type=int_at_least(0), default=3, help="rounds in which perf_analyzer measures every server too "
+                        "(the first ones; 0: no perf_analyzer)")
+    parser.add_argument("--pa-modes", default="sync,async", help="perf_analyzer's modes: sync and/or async")
+    parser.add_argument("--pa-interval-ms", type=int_at_least(50), default=500,
+                        help="perf_analyzer's measurement window; a step takes about three of them")
+    parser.add_argument("--pa-stability", type=float_arg(is_positive, "a positive percentage"), default=100.0,
+                        help="perf_analyzer's --stability-percentage (100: any three windows; the servers alternate instead)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench")
     parser.add_argument("--out", type=Path, help="the report; its plot and results go beside it as .png and .json "
                         "(default docs/benchmarks.md; with --render, the results file's name with .md)")
@@ -202,6 +244,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.out = args.render.with_suffix(".md") if args.render else ROOT / "docs" / "benchmarks.md"
     if args.quick:
         args.duration, args.warmup, args.rounds, args.slices = 1.0, 0.5, 1, 1
+        args.pa_interval_ms = 250
+    args.pa_modes = args.pa_modes.split(",")
+    if set(args.pa_modes) - set(pa.MODES) or not args.pa_modes:
+        parser.error(f"--pa-modes {','.join(args.pa_modes)}: expected sync and/or async")
+    args.perf_analyzer = None  # main() locates it
     args.devices = args.devices.split(",") if args.devices else ["cpu", "cuda"] if cuda_usable() else ["cpu"]
     if set(args.devices) - {"cpu", "cuda"} or not args.devices:
         parser.error(f"--devices {','.join(args.devices)}: expected cpu and/or cuda")
@@ -240,24 +287,42 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads, "processes": args.processes, "batch_delay_us": args.batch_delay_us, "callers": callers,
             "rounds": args.rounds, "slices": args.slices,
             "devices": devices,
+            "perf_analyzer": {"rounds": min(args.pa_rounds, args.rounds), "modes": args.pa_modes,
+                              "interval_ms": args.pa_interval_ms, "stability_percent": args.pa_stability},
         },  # fmt: skip
         "notes": args.note,
         "models": [],
         "onnxruntime": {},
         "servers": {},
+        "perf_analyzer": {},
+        "perf_analyzer_missing": None,
     }
+    if args.pa_rounds > 0:
+        try:
+            args.perf_analyzer = pa.locate()
+            results["settings"]["perf_analyzer"]["version"] = args.perf_analyzer.version
+            log(f"perf_analyzer: {args.perf_analyzer.binary} ({args.perf_analyzer.version})")
+        except pa.PerfAnalyzerMissing as exc:
+            results["perf_analyzer_missing"] = str(exc)
+            log(f"no perf_analyzer figures: {exc}")
+    else:
+        results["perf_analyzer_missing"] = "not asked for (--pa-rounds 0)"
     saved = args.workdir / "results.json"
     models = prepare_models(args.workdir, args.models.split(","), log)
     for model in models:
         results["models"].append({"name": model.name, "params": model.params, "input_shape": list(model.input_shape),
                                   "onnx_bytes": model.onnx.stat().st_size, "weights": model.weights})  # fmt: skip
         results["servers"][model.name] = {}
+        results["perf_analyzer"][model.name] = {}
         for device in devices:
             suffix = "" if device == "cpu" else CUDA_SUFFIX
             log(f"{model.name}: ONNX Runtime in-process ({device})")
             results["onnxruntime"][model.name + suffix] = bench_onnxruntime(model.onnx, model.input_shape, args.threads, args.duration, callers, device)
-            for kind, report in measure_servers(model, device, args, log).items():
+            by_perf_analyzer: dict[str, dict] = {}
+            for kind, report in measure_servers(model, device, args, log, by_perf_analyzer).items():
                 results["servers"][model.name][kind + suffix] = report
+            for kind, by_mode in by_perf_analyzer.items():
+                results["perf_analyzer"][model.name][kind + suffix] = by_mode
             results["wall_s"] = time.monotonic() - started
             write_results(results, saved)  # after every leg: a later leg's failure keeps what was measured
             log(f"{model.name} ({device}) saved in {saved}")

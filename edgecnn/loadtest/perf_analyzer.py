@@ -26,9 +26,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from .side_by_side import rotated
+from .workload import Target
 
 TOOL = "perf_analyzer"
 MODES = ("sync", "async")
@@ -253,3 +256,86 @@ def _sections(stdout: str) -> dict[int, dict]:
                                  "compute_infer": compute_infer, "compute_output": compute_output}  # fmt: skip
         found[concurrency] = section
     return found
+
+
+# --- side by side (`make bench`) ----------------------------------------------------------------
+
+
+def failed_row(concurrency: int, mode: str, message: str, batch_size: int = 1) -> dict:
+    """The row of a step perf_analyzer could not measure: its message counted as one error."""
+    return {
+        "tool": TOOL, "client": client_name(mode), "mode": "closed", "concurrency": concurrency, "rate": None,
+        "batch_size": batch_size, "requests": None, "ok": 0, "errors": {message: 1}, "req_per_s": 0.0, "images_per_s": 0.0,
+        "latency_ms": dict.fromkeys(("p50", "p90", "p95", "p99", "mean")), "server_us": None, "server_counts": None,
+    }  # fmt: skip
+
+
+def _mean(values: list) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def pool_rows(rows: list[dict]) -> dict:
+    """One step measured in several rounds (perf_analyzer runs of equal length) as one row: the
+    rounds' mean req/s, latency percentiles and server breakdown over the rounds that measured
+    (perf_analyzer keeps no histogram to merge), errors added up, and each round's req/s and p50
+    under `runs`."""
+    if not rows:
+        raise ValueError("no rows to pool")
+    first = rows[0]
+    measured = [r for r in rows if not r["errors"]]
+    errors: dict[str, int] = {}
+    for r in rows:
+        for message, n in r["errors"].items():
+            errors[message] = errors.get(message, 0) + n
+    pooled = dict(first)
+    pooled.update(
+        requests=sum(r["requests"] or 0 for r in rows),
+        ok=sum(r["ok"] or 0 for r in rows),
+        errors=errors,
+        req_per_s=round(sum(r["req_per_s"] for r in rows) / len(rows), 2),
+        images_per_s=round(sum(r["images_per_s"] for r in rows) / len(rows), 2),
+        latency_ms={k: _mean([r["latency_ms"].get(k) for r in measured]) for k in first["latency_ms"]},
+        server_us=None,
+        runs=[{"req_per_s": r["req_per_s"], "p50_ms": r["latency_ms"].get("p50")} for r in rows],
+    )
+    breakdowns = [r["server_us"] for r in measured if r["server_us"]]
+    if breakdowns:
+        pooled["server_us"] = {k: round(_mean([b[k] for b in breakdowns]), 1) for k in breakdowns[0]}
+    pooled.pop("server_counts", None)
+    return pooled
+
+
+def measure_round(
+    pa: PerfAnalyzer,
+    targets: Mapping[str, Target],
+    sweep: Sequence[int],
+    round_index: int,
+    modes: Sequence[str] = MODES,
+    interval_ms: int = 500,
+    stability_percent: float | None = 100.0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, dict[str, dict[int, dict]]]:
+    """One round of perf_analyzer over servers that are up together: per concurrency and mode one
+    run per server, the servers in an order that rotates each time (as the load tester's slices:
+    side_by_side.py), so drift of the machine hits them alike. {server: {mode: {concurrency: row}}};
+    a run that fails is a row with its message as an error (failed_row)."""
+    names = list(targets)
+    measured: dict[str, dict[str, dict[int, dict]]] = {name: {mode: {} for mode in modes} for name in names}
+    turn = round_index * len(sweep) * len(modes)
+    # Per run: about 3 windows (perf_analyzer's stabilization with the default stability), and time to start.
+    timeout_s = 60 + 20 * interval_ms / 1000
+    for c in sweep:
+        for mode in modes:
+            for name in rotated(names, turn):
+                target = targets[name]
+                try:
+                    (row,) = run(pa, target.model, target.server, (c, c), interval_ms, mode,
+                                 stability_percent=stability_percent, timeout_s=timeout_s)  # fmt: skip
+                except PerfAnalyzerError as exc:
+                    row = failed_row(c, mode, str(exc))
+                measured[name][mode][c] = row
+            turn += 1
+            if log:
+                log(f"  perf_analyzer {mode} c={c}: " + ", ".join(f"{n} {measured[n][mode][c]['req_per_s']:.0f} req/s" for n in names))
+    return measured

@@ -48,12 +48,18 @@ class SliceSchedule:
 
 
 def measure_side_by_side(
-    servers: RoundServers, rounds: int, schedule: SliceSchedule, payloads: list[bytes], log: Callable[[str], None] | None = None
+    servers: RoundServers,
+    rounds: int,
+    schedule: SliceSchedule,
+    payloads: list[bytes],
+    log: Callable[[str], None] | None = None,
+    each_round: Callable[[int, Mapping[str, Target]], None] | None = None,
 ) -> dict[str, dict]:
     """`rounds` rounds, each over the servers that `servers(r)` gives for it, every step measured
     in alternating slices (measure_step). Per server a report like `edgecnn loadtest`'s: a step
     per concurrency, pooled over its slices and rounds, with each round's req/s and p50 in `runs`.
-    `log` gets a line per step and round."""
+    `log` gets a line per step and round; `each_round(r, targets)` runs after round r's sweep while
+    its servers are still up (the bench measures them with perf_analyzer there)."""
     if rounds < 1:
         raise ValueError(f"rounds {rounds}: expected >= 1")
     measured: dict[str, dict[int, list[dict]]] = {}
@@ -68,6 +74,8 @@ def measure_side_by_side(
                         measured.setdefault(name, {}).setdefault(c, []).append(step)
                     if log:
                         log(f"  c={c}: " + ", ".join(f"{name} {measured[name][c][-1]['req_per_s']:.0f} req/s" for name in plans))
+                if each_round is not None:
+                    each_round(r, targets)
     return {name: {"tool": TOOL, "steps": [pool_steps(by_step[c]) for c in schedule.sweep]} for name, by_step in measured.items()}
 
 

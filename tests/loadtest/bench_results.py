@@ -25,11 +25,12 @@ FLOOR = {c: 1000.0 * {1: 1, 4: 2, 16: 2, 64: 2}[c] for c in SWEEP}
 
 
 def servers(off_share: float, off_p50: float, on_over_off: float) -> dict[str, dict]:
-    """Floor, batching off at off_share of the floor (p50 off_p50 vs the floor's 1.0 ms) and
-    batching on at on_over_off of batching off, at every concurrency."""
+    """Floor (both variants alike), batching off at off_share of the floor (p50 off_p50 vs the
+    floor's 1.0 ms) and batching on at on_over_off of batching off, at every concurrency."""
     off = {c: FLOOR[c] * off_share for c in SWEEP}
     return {
         "floor": sweep(FLOOR, 1.0),
+        "floor-inline": sweep(FLOOR, 1.0),
         "batching-off": sweep(off, off_p50),
         "batching-on": sweep({c: off[c] * on_over_off for c in SWEEP}, off_p50),
     }

@@ -22,25 +22,25 @@ def rows_of(data: dict) -> dict[str, tuple[str, bool]]:
 def test_goals_are_judged_at_c64_and_c1_on_each_device_with_its_own_numbers():
     # CPU: every goal met, exactly at its boundary; GPU: every goal missed.
     rows = rows_of(results({"cpu": servers(0.90, 1.10, 1.0), "cuda": servers(0.80, 1.20, 0.90)}))
-    assert rows["lenet5: batching off reaches >= 90% of the floor's req/s at c=64"] == ("1800 vs 2000 req/s = 90.0%", True)
-    assert rows["lenet5: batching off p50 at c=1 <= 1.1x the floor's"] == ("1.10 vs 1.00 ms = 1.100x", True)
-    assert rows["mobilenet-v2: batching on is faster where compute dominates (c=64)"] == ("on/off = 1.000x", False)
-    assert rows["lenet5@cuda: batching off reaches >= 90% of the floor's req/s at c=64"] == ("1600 vs 2000 req/s = 80.0%", False)
-    assert rows["lenet5@cuda: batching off p50 at c=1 <= 1.1x the floor's"] == ("1.20 vs 1.00 ms = 1.200x", False)
-    assert rows["lenet5@cuda: batching on never > 5% below batching off in req/s"] == (
+    assert rows["lenet5 [edgecnn loadtest]: batching off reaches >= 90% of the faster floor's req/s at c=64"] == ("1800 vs 2000 req/s (floor) = 90.0%", True)
+    assert rows["lenet5 [edgecnn loadtest]: batching off p50 at c=1 <= 1.1x the faster floor's"] == ("1.10 vs 1.00 ms (floor) = 1.100x", True)
+    assert rows["mobilenet-v2 [edgecnn loadtest]: batching on is faster where compute dominates (c=64)"] == ("on/off = 1.000x", False)
+    assert rows["lenet5@cuda [edgecnn loadtest]: batching off reaches >= 90% of the faster floor's req/s at c=64"] == ("1600 vs 2000 req/s (floor) = 80.0%", False)
+    assert rows["lenet5@cuda [edgecnn loadtest]: batching off p50 at c=1 <= 1.1x the faster floor's"] == ("1.20 vs 1.00 ms (floor) = 1.200x", False)
+    assert rows["lenet5@cuda [edgecnn loadtest]: batching on never > 5% below batching off in req/s"] == (
         "on/off c=1: 0.900, c=4: 0.900, c=16: 0.900, c=64: 0.900 (worst c=1)", False)  # fmt: skip
     # "where compute dominates": MobileNetV2 everywhere, every model on the GPU, LeNet-5 not on the CPU.
-    assert "lenet5@cuda: batching on is faster where compute dominates (c=64)" in rows
-    assert "mobilenet-v2@cuda: batching on is faster where compute dominates (c=64)" in rows
-    assert "lenet5: batching on is faster where compute dominates (c=64)" not in rows
+    assert "lenet5@cuda [edgecnn loadtest]: batching on is faster where compute dominates (c=64)" in rows
+    assert "mobilenet-v2@cuda [edgecnn loadtest]: batching on is faster where compute dominates (c=64)" in rows
+    assert "lenet5 [edgecnn loadtest]: batching on is faster where compute dominates (c=64)" not in rows
     assert rows["zero errors"] == ("0 failed requests", True)
 
 
 def test_just_below_a_boundary_is_not_met():
     rows = rows_of(results({"cpu": servers(0.8996, 1.1004, 0.9496)}, models=("mobilenet-v2",)))
-    assert rows["mobilenet-v2: batching off reaches >= 90% of the floor's req/s at c=64"] == ("1799 vs 2000 req/s = 90.0%", False)
-    assert rows["mobilenet-v2: batching off p50 at c=1 <= 1.1x the floor's"][1] is False
-    measured, met = rows["mobilenet-v2: batching on never > 5% below batching off in req/s"]
+    assert rows["mobilenet-v2 [edgecnn loadtest]: batching off reaches >= 90% of the faster floor's req/s at c=64"] == ("1799 vs 2000 req/s (floor) = 90.0%", False)
+    assert rows["mobilenet-v2 [edgecnn loadtest]: batching off p50 at c=1 <= 1.1x the faster floor's"][1] is False
+    measured, met = rows["mobilenet-v2 [edgecnn loadtest]: batching on never > 5% below batching off in req/s"]
     assert "c=64: 0.950" in measured and met is False
 
 
@@ -49,8 +49,8 @@ def test_a_sweep_without_c64_leaves_that_goal_unmet():
     for report in data["servers"]["mobilenet-v2"].values():
         report["steps"] = [s for s in report["steps"] if s["concurrency"] != 64]
     rows = rows_of(data)
-    assert rows["mobilenet-v2: batching off reaches >= 90% of the floor's req/s at c=64"] == ("not measured (the sweep lacks c=64)", False)
-    assert rows["mobilenet-v2: batching off p50 at c=1 <= 1.1x the floor's"][1] is True
+    assert rows["mobilenet-v2 [edgecnn loadtest]: batching off reaches >= 90% of the faster floor's req/s at c=64"] == ("not measured (the sweep lacks c=64)", False)
+    assert rows["mobilenet-v2 [edgecnn loadtest]: batching off p50 at c=1 <= 1.1x the faster floor's"][1] is True
 
 
 def test_a_step_where_every_request_failed_is_reported_not_crashed_on():
@@ -58,9 +58,9 @@ def test_a_step_where_every_request_failed_is_reported_not_crashed_on():
     dead = data["servers"]["lenet5"]["batching-off"]["steps"]
     dead[:] = [{**s, "req_per_s": 0.0, "errors": {"UNAVAILABLE": 7}, "latency_ms": {k: None for k in s["latency_ms"]}} for s in dead]
     rows = rows_of(data)
-    assert rows["lenet5: batching off reaches >= 90% of the floor's req/s at c=64"] == ("0 vs 2000 req/s = n/a", False)
-    assert rows["lenet5: batching off p50 at c=1 <= 1.1x the floor's"] == ("- vs 1.00 ms = n/a", False)
-    assert rows["lenet5: batching on never > 5% below batching off in req/s"][1] is False
+    assert rows["lenet5 [edgecnn loadtest]: batching off reaches >= 90% of the faster floor's req/s at c=64"] == ("0 vs 2000 req/s (floor) = n/a", False)
+    assert rows["lenet5 [edgecnn loadtest]: batching off p50 at c=1 <= 1.1x the faster floor's"] == ("- vs 1.00 ms (floor) = n/a", False)
+    assert rows["lenet5 [edgecnn loadtest]: batching on never > 5% below batching off in req/s"][1] is False
     assert rows["zero errors"] == ("28 failed requests", False)
 
 
@@ -72,12 +72,12 @@ def test_render_rewrites_the_report_and_keeps_the_notes(tmp_path):
     text = (tmp_path / "gpu-run.md").read_text()
     assert "**Note:** measured before the fix" in text
     assert "| batching-on@cuda | 64 | 3800 | 3420 / 4180 |" in text
-    assert "| mobilenet-v2@cuda: batching on is faster where compute dominates (c=64) | on/off = 2.000x | met |" in text
+    assert "| mobilenet-v2@cuda [edgecnn loadtest]: batching on is faster where compute dominates (c=64) | on/off = 2.000x | met |" in text
     assert "devices here cpu, cuda" in text and "in 2 slice(s) of 1 s, each after a 0.5 s warm-up" in text
     assert "Client CPU saturation (a client process at >= 90% of a core): none." in text
     assert "![throughput and latency per server](gpu-run.png)" in text and (tmp_path / "gpu-run.png").stat().st_size > 0
     assert json.loads(saved.read_text())["notes"] == ["measured before the fix"], "the notes are kept for the next render"
-    assert any(line.startswith("met      mobilenet-v2@cuda: batching on is faster") for line in logged)
+    assert any(line.startswith("met      mobilenet-v2@cuda [edgecnn loadtest]: batching on is faster") for line in logged)
     bench_report.render(saved, tmp_path / "gpu-run.md", [], logged.append)
     assert "**Note:** measured before the fix" in (tmp_path / "gpu-run.md").read_text()
 
@@ -112,3 +112,66 @@ def test_a_saturated_client_is_listed_and_a_missing_matplotlib_leaves_the_plot_o
     assert "![" not in text and not (tmp_path / "b.png").exists()
     assert "bench: no plot written: needs matplotlib" in capsys.readouterr().err
     assert json.loads((tmp_path / "b.json").read_text())["targets"][-1] == ["zero errors", "0 failed requests", True]
+
+
+def pa_report(mode: str, req_per_s: dict[int, float], p50_ms: float, server_us: dict | None = None, errors: dict | None = None) -> dict:
+    steps = [{"concurrency": c, "req_per_s": r, "errors": errors or {}, "latency_ms": {"p50": p50_ms, "p90": p50_ms, "p95": p50_ms, "p99": p50_ms},
+              "server_us": server_us, "runs": [{"req_per_s": r, "p50_ms": p50_ms}]} for c, r in req_per_s.items()]  # fmt: skip
+    return {"tool": "perf_analyzer", "client": f"perf_analyzer ({mode})", "steps": steps}
+
+
+def with_perf_analyzer(data: dict, model: str, errors: dict | None = None) -> dict:
+    """perf_analyzer rows: floor 2000 req/s at c=64 (p50 0.50 ms), floor-inline 2500 (p50 0.40 ms),
+    batching off 2300 (p50 0.41 ms) in sync mode; async: batching off fails one run."""
+    sweep = {1: 1000.0, 64: 2000.0}
+    breakdown = {"request": 120, "overhead": 15, "queue": 0, "compute_input": 25, "compute_infer": 70, "compute_output": 10}
+    data["settings"]["perf_analyzer"] = {"rounds": 1, "modes": ["sync", "async"], "interval_ms": 500, "stability_percent": 100.0, "version": "2.41"}
+    data["perf_analyzer"] = {model: {
+        "floor": {m: pa_report(m, sweep, 0.5) for m in ("sync", "async")},
+        "floor-inline": {m: pa_report(m, {c: r * 1.25 for c, r in sweep.items()}, 0.4) for m in ("sync", "async")},
+        "batching-off": {"sync": pa_report("sync", {c: r * 1.15 for c, r in sweep.items()}, 0.41, breakdown),
+                         "async": pa_report("async", sweep, 0.5, breakdown, errors)},
+    }}  # fmt: skip
+    data["perf_analyzer_missing"] = None
+    return data
+
+
+def test_the_faster_floor_sets_each_goal():
+    data = results({"cpu": servers(0.95, 1.05, 1.0)}, models=("lenet5",))
+    inline = data["servers"]["lenet5"]["floor-inline"]["steps"]
+    for step in inline:  # faster at c=64, slower at c=1: each goal takes the better one
+        step["req_per_s"] *= 1.1 if step["concurrency"] == 64 else 0.5
+        step["latency_ms"]["p50"] *= 0.9 if step["concurrency"] == 1 else 1.0
+    rows = rows_of(data)
+    assert rows["lenet5 [edgecnn loadtest]: batching off reaches >= 90% of the faster floor's req/s at c=64"] == ("1900 vs 2200 req/s (floor-inline) = 86.4%", False)
+    assert rows["lenet5 [edgecnn loadtest]: batching off p50 at c=1 <= 1.1x the faster floor's"] == ("1.05 vs 0.90 ms (floor-inline) = 1.167x", False)
+    del data["servers"]["lenet5"]["floor-inline"]  # results from before floor-inline: the one floor
+    assert rows_of(data)["lenet5 [edgecnn loadtest]: batching off p50 at c=1 <= 1.1x the faster floor's"] == ("1.05 vs 1.00 ms (floor) = 1.050x", True)
+
+
+def test_perf_analyzer_goals_sections_and_errors(tmp_path):
+    data = with_perf_analyzer(results({"cpu": servers(1.0, 1.0, 1.0)}, models=("lenet5",)), "lenet5",
+                              errors={"perf_analyzer against x (async) failed (exit 99): error: ...": 1})  # fmt: skip
+    rows = rows_of(data)
+    assert rows["lenet5 [perf_analyzer (sync)]: batching off reaches >= 90% of the faster floor's req/s at c=64"] == ("2300 vs 2500 req/s (floor-inline) = 92.0%", True)
+    assert rows["lenet5 [perf_analyzer (sync)]: batching off p50 at c=1 <= 1.05x the faster floor's"] == ("0.41 vs 0.40 ms (floor-inline) = 1.025x", True)
+    assert rows["lenet5 [perf_analyzer (async)]: batching off reaches >= 90% of the faster floor's req/s at c=64"][1] is False
+    assert rows["zero errors"] == ("0 failed requests (edgecnn loadtest), 2 failed perf_analyzer runs", False)
+    bench_report.write_report(data, tmp_path / "b.md", lambda message: None)
+    text = (tmp_path / "b.md").read_text()
+    assert "## (b)-(d) Servers under perf_analyzer" in text and "Client: the `edgecnn loadtest` library" in text
+    assert "| floor-inline | perf_analyzer (sync) | 64 | 2500 | 2500 | 0.40 | 0.40 | 0.40 | 0.40 | 0 |" in text
+    assert "Errors: perf_analyzer against x (async) failed (exit 99)" in text
+    assert "## edgecnn's server-side breakdown (perf_analyzer, from ModelStatistics)" in text
+    assert "| lenet5 | batching-off | perf_analyzer (sync) | 1 | 1150 | 0.41 | 120 | 15 | 0 | 25 | 70 | 10 |" in text
+    assert "Triton's **perf_analyzer** (2.41" in text
+
+
+def test_a_run_without_perf_analyzer_says_why(tmp_path):
+    data = results({"cpu": servers(1.0, 1.0, 1.0)}, models=("lenet5",))
+    data["settings"]["perf_analyzer"] = {"rounds": 1, "modes": ["sync"], "interval_ms": 500, "stability_percent": 100.0}
+    data["perf_analyzer"], data["perf_analyzer_missing"] = {"lenet5": {}}, "perf_analyzer does not start: libb64.so.0d"
+    bench_report.write_report(data, tmp_path / "b.md", lambda message: None)
+    text = (tmp_path / "b.md").read_text()
+    assert "- perf_analyzer: not measured in this run (perf_analyzer does not start: libb64.so.0d)." in text
+    assert "Servers under perf_analyzer" not in text and rows_of(data)["zero errors"] == ("0 failed requests", True)

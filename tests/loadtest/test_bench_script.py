@@ -32,7 +32,7 @@ def test_render_rewrites_the_report_beside_the_results_and_keeps_the_notes(bench
     text = (tmp_path / "gpu-run.md").read_text()  # the default --out: beside the results
     assert "**Note:** measured before the fix" in text
     assert "| batching-on@cuda | 64 | 3800 | 3420 / 4180 |" in text
-    assert "| mobilenet-v2@cuda: batching on is faster where compute dominates (c=64) | on/off = 2.000x | met |" in text
+    assert "| mobilenet-v2@cuda [edgecnn loadtest]: batching on is faster where compute dominates (c=64) | on/off = 2.000x | met |" in text
     assert (tmp_path / "gpu-run.png").stat().st_size > 0
     assert json.loads(saved.read_text())["notes"] == ["measured before the fix"], "the notes are kept for the next render"
     assert bench.main(["--render", str(saved)]) == 0
@@ -86,7 +86,7 @@ def test_results_are_saved_after_every_finished_leg(bench, tmp_path, monkeypatch
     onnx.write_bytes(b"onnx")
     models = [bench.BenchModel(name, tmp_path, onnx, 1000, (3, 32, 32), "fixed seed") for name in ("lenet5", "cifar-cnn")]
 
-    def measure_servers(model, device, args, log):
+    def measure_servers(model, device, args, log, perf_analyzer_reports=None):
         if model.name == "cifar-cnn":
             raise RuntimeError("edgecnn loadtest failed")
         return servers(1.0, 1.0, 1.0)
@@ -105,8 +105,10 @@ def test_results_are_saved_after_every_finished_leg(bench, tmp_path, monkeypatch
     assert [p.name for p in workdir.iterdir()] == ["results.json"]  # no temporary file left behind
 
 
-def test_floor_server_starts_and_answers_as_onnx_runtime(bench, served_repository, tmp_path):
-    """The bench's floor server starts (its warm-up call included) and answers with the session's logits."""
+@pytest.mark.parametrize("kind, where", [("floor", "on an executor thread"), ("floor-inline", "inline on the event loop")])
+def test_floor_server_starts_and_answers_as_onnx_runtime(bench, served_repository, tmp_path, kind, where):
+    """The bench's floor servers start (their warm-up included), say where batch-1 calls run, tell
+    perf_analyzer their config, and answer with the session's logits."""
     import numpy as np
     import onnxruntime as ort
     import tritonclient.grpc as tritonclient_grpc
@@ -114,21 +116,28 @@ def test_floor_server_starts_and_answers_as_onnx_runtime(bench, served_repositor
     from tests.servers import MODEL
 
     model = bench.BenchModel(MODEL, served_repository.dir, served_repository.onnx, 0, (1, 28, 28), "test")
-    cmd, ready = bench.server_command("floor", model, threads=1, delay_us=0, device="cpu")
+    cmd, ready = bench.server_command(kind, model, threads=1, delay_us=0, device="cpu")
     log = tmp_path / "floor.log"
     with bench.running(cmd, ready, log) as address:
         client = tritonclient_grpc.InferenceServerClient(url=address)
         assert list(client.get_model_metadata(MODEL).inputs[0].shape) == [-1, 1, 28, 28]
+        config = client.get_model_config(MODEL).config
+        assert (config.max_batch_size, list(config.input[0].dims)) == (64, [1, 28, 28])
         x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
         tensor = tritonclient_grpc.InferInput("input", list(x.shape), "FP32")
         tensor.set_data_from_numpy(x)
         got = client.infer(MODEL, [tensor]).as_numpy("logits")
+        single = tritonclient_grpc.InferInput("input", [1, 1, 28, 28], "FP32")
+        single.set_data_from_numpy(x[:1])
+        one = client.infer(MODEL, [single]).as_numpy("logits")
+    assert f"batch-1 calls run {where}" in log.read_text()
     session = ort.InferenceSession(str(served_repository.onnx), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(got, session.run(None, {"input": x})[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one, got[:1], rtol=1e-5, atol=1e-6)
 
 
 def test_servers_are_measured_in_alternating_slices_and_pooled_per_round(bench, tmp_path, monkeypatch):
-    """Every step: `slices` slices per server, alternating between the three, the order rotating
+    """Every step: `slices` slices per server, alternating between the four, the order rotating
     each slice; a row pools them all, and its runs are the rounds."""
     from contextlib import contextmanager, nullcontext
 
@@ -144,7 +153,7 @@ def test_servers_are_measured_in_alternating_slices_and_pooled_per_round(bench, 
     def run_slice(plan, concurrency, pool):
         kind = plan.target.server.rsplit("-cpu", 1)[0].split("lenet5-", 1)[1]
         order.append((kind, concurrency))
-        ok = {"floor": 100, "batching-off": 90, "batching-on": 80}[kind]
+        ok = {"floor": 100, "floor-inline": 95, "batching-off": 90, "batching-on": 80}[kind]
         histogram = new_histogram()
         histogram.record_value(1000)
         worker = WorkerResult(histogram=histogram.encode(), ok=ok, errors={}, window_s=1.0, window_ok=ok, cpu_s=0.1, wall_s=1.0)
@@ -158,13 +167,55 @@ def test_servers_are_measured_in_alternating_slices_and_pooled_per_round(bench, 
     reports = bench.measure_servers(model, "cpu", args, lambda message: None)
 
     kinds = list(bench.SERVERS)
-    assert started == [f"lenet5-{kind}-cpu-round{r}.log" for r in (1, 2) for kind in kinds], "all three up together, fresh each round"
-    assert [kind for kind, _ in order[:6]] == kinds[0:] + kinds[1:] + kinds[:1], "round 1, c=1: slice 1 then slice 2, rotated"
-    assert [c for _, c in order] == [1] * 6 + [4] * 6 + [1] * 6 + [4] * 6
-    assert [kind for kind, _ in order[12:15]] == kinds[2:] + kinds[:2], "round 2 starts where round 1 left off"
+    n = 2 * len(kinds)  # one step of one round: two slices per server
+    assert started == [f"lenet5-{kind}-cpu-round{r}.log" for r in (1, 2) for kind in kinds], "all four up together, fresh each round"
+    assert [kind for kind, _ in order[:n]] == kinds[0:] + kinds[1:] + kinds[:1], "round 1, c=1: slice 1 then slice 2, rotated"
+    assert [c for _, c in order] == [1] * n + [4] * n + [1] * n + [4] * n
+    assert [kind for kind, _ in order[2 * n : 2 * n + len(kinds)]] == kinds[2:] + kinds[:2], "round 2 starts where round 1 left off"
     for kind, report in reports.items():
         assert [step["concurrency"] for step in report["steps"]] == [1, 4]
         for step in report["steps"]:
             assert len(step["runs"]) == 2, "one run per round"
             assert step["duration_s"] == 4.0  # 2 rounds x 2 slices x 1 s
     assert reports["floor"]["steps"][0]["req_per_s"] / reports["batching-on"]["steps"][0]["req_per_s"] == pytest.approx(100 / 80)
+
+
+def test_perf_analyzer_measures_the_same_servers_in_the_first_pa_rounds(bench, tmp_path, monkeypatch):
+    from contextlib import contextmanager, nullcontext
+
+    from edgecnn.loadtest import perf_analyzer
+    from edgecnn.loadtest.stats import StepResult, WorkerResult, new_histogram
+
+    @contextmanager
+    def running(cmd, ready, log_path):
+        yield log_path.name.split("-round")[0]
+
+    def run_slice(plan, concurrency, pool):
+        histogram = new_histogram()
+        histogram.record_value(1000)
+        worker = WorkerResult(histogram=histogram.encode(), ok=10, errors={}, window_s=1.0, window_ok=10, cpu_s=0.1, wall_s=1.0)
+        return StepResult("closed", concurrency, None, 1, [worker]).to_dict()
+
+    rounds_seen = []
+
+    def measure_round(pa, targets, sweep, round_index, modes, interval_ms, stability, log):
+        rounds_seen.append((round_index, sorted(targets), tuple(sweep), tuple(modes), interval_ms))
+        return {name: {mode: {c: {**perf_analyzer.failed_row(c, mode, "x"), "errors": {}, "req_per_s": 100.0 * (round_index + 1)}
+                              for c in sweep} for mode in modes} for name in targets}  # fmt: skip
+
+    monkeypatch.setattr(bench, "running", running)
+    monkeypatch.setattr(side_by_side, "WorkerPool", lambda processes: nullcontext())
+    monkeypatch.setattr(side_by_side, "run_slice", run_slice)
+    monkeypatch.setattr(bench.pa, "measure_round", measure_round)
+    args = bench.parse_args(["--devices", "cpu", "--rounds", "3", "--slices", "1", "--concurrency", "1,4", "--workdir", str(tmp_path),
+                             "--pa-rounds", "2", "--pa-modes", "async", "--pa-interval-ms", "300"])  # fmt: skip
+    args.perf_analyzer = object()
+    model = bench.BenchModel("lenet5", tmp_path, tmp_path / "model.onnx", 1000, (1, 28, 28), "test")
+    reports: dict = {}
+    bench.measure_servers(model, "cpu", args, lambda message: None, reports)
+    assert [r for r, *_ in rounds_seen] == [0, 1], "the first --pa-rounds rounds only"
+    assert rounds_seen[0][1:] == (sorted(bench.SERVERS), (1, 4), ("async",), 300)
+    assert set(reports) == set(bench.SERVERS)
+    steps = reports["batching-off"]["async"]["steps"]
+    assert reports["batching-off"]["async"]["client"] == "perf_analyzer (async)"
+    assert [s["concurrency"] for s in steps] == [1, 4] and steps[0]["req_per_s"] == 150.0 and len(steps[0]["runs"]) == 2

@@ -118,3 +118,37 @@ def test_perf_analyzer_default_random_data_has_zero_errors(pa, served_address):
     assert row["server_us"] is not None and row["server_us"]["compute_infer"] > 0  # from ModelStatistics
     (stats,) = tritonclient_grpc.InferenceServerClient(served_address).get_inference_statistics(MODEL).model_stats
     assert stats.inference_stats.fail.count == 0 and stats.inference_stats.success.count >= row["requests"] > 0
+
+
+def test_a_round_alternates_the_servers_and_keeps_failures_as_errors(monkeypatch):
+    from edgecnn.loadtest.workload import Target
+
+    calls = []
+
+    def fake_run(pa, model, server, concurrency, interval_ms, mode, stability_percent=None, timeout_s=None):
+        calls.append((server, concurrency[0], mode))
+        if server == "b" and mode == "async":
+            raise PerfAnalyzerError("perf_analyzer against b (async) failed (exit 99): error: boom")
+        row = perf_analyzer.rows(SYNC_CSV, SYNC_STDOUT, mode)[0]
+        return [{**row, "concurrency": concurrency[0]}]
+
+    monkeypatch.setattr(perf_analyzer, "run", fake_run)
+    targets = {"a": Target("a", "m"), "b": Target("b", "m"), "c": Target("c", "m")}
+    measured = perf_analyzer.measure_round(PerfAnalyzer(Path("x"), {}, "v"), targets, (1, 4), round_index=0)
+    assert [server for server, _, _ in calls] == list("abc" "bca" "cab" "abc")  # per (c, mode): rotated
+    assert [(c, mode) for _, c, mode in calls[::3]] == [(1, "sync"), (1, "async"), (4, "sync"), (4, "async")]
+    failed = measured["b"]["async"][4]
+    assert failed["errors"] == {"perf_analyzer against b (async) failed (exit 99): error: boom": 1} and failed["req_per_s"] == 0.0
+    assert measured["a"]["sync"][4]["req_per_s"] == 1191.68
+
+
+def test_rounds_pool_to_their_mean_and_keep_each_round():
+    one, two = (perf_analyzer.rows(SYNC_CSV, SYNC_STDOUT, "sync")[0] for _ in range(2))
+    two = {**two, "req_per_s": 1000.0, "images_per_s": 1000.0, "latency_ms": {**two["latency_ms"], "p50": 1.0},
+           "server_us": {**two["server_us"], "request": 121}}  # fmt: skip
+    failed = perf_analyzer.failed_row(1, "sync", "boom")
+    pooled = perf_analyzer.pool_rows([one, two, failed])
+    assert pooled["req_per_s"] == round((1191.68 + 1000.0) / 3, 2)  # a failed round measured nothing
+    assert pooled["latency_ms"]["p50"] == pytest.approx((0.664 + 1.0) / 2)  # over the rounds that measured
+    assert pooled["server_us"]["request"] == 120.0 and pooled["errors"] == {"boom": 1}
+    assert [r["req_per_s"] for r in pooled["runs"]] == [1191.68, 1000.0, 0.0] and "server_counts" not in pooled
