@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "health": ("edgecnn.client.cmd_health", "check a server's gRPC health service"),
     "classify": ("edgecnn.client.cmd_classify", "classify image files through a server"),
     "loadtest": ("edgecnn.loadtest.cmd_loadtest", "measure a server's inference latency"),
+    "repository": ("edgecnn.client.cmd_repository", "list a server's model repository, load or unload a model"),
 }
 
 

@@ -145,7 +145,7 @@ class InferenceServer:
 
     async def _model_changed(self, name: str, serving: bool) -> None:
         """A model was loaded or unloaded while serving: its health service follows."""
-        if self._health is not None and self.plane.ready():
+        if self._health is not None and self.plane.serving():
             await self._health.servicer.set(name, SERVING if serving else NOT_SERVING)
 
     async def stop(self, grace_s: float | None = None) -> None:

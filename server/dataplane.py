@@ -40,11 +40,12 @@ class Call:
     """Per-request labels (for the request metrics) that the data plane fills in once it knows
     the model."""
 
-    __slots__ = ("model", "version")
+    __slots__ = ("model", "version", "epoch")
 
     def __init__(self) -> None:
         self.model = ""
         self.version = ""
+        self.epoch: int | None = None  # the data plane's epoch when the request looked up its model
 
     def label(self, mv: ModelVersion) -> None:
         self.model = mv.name
@@ -194,22 +195,22 @@ class DataPlane:
         self.open_calls -= 1
 
     @contextlib.contextmanager
-    def in_flight(self) -> Iterator[None]:
-        """Count a request as in flight (the drain waits for these) while the block runs."""
+    def in_flight(self, call: Call | None = None) -> Iterator[None]:
+        """Count a request as in flight (the drain waits for these) while the block runs; a
+        version it looked up through `call` is not freed before the block ends."""
         self.metrics.inflight.inc()
         self.inflight += 1
-        epoch = self._epoch
-        self._epoch_users[epoch] = self._epoch_users.get(epoch, 0) + 1
         try:
             yield
         finally:
             self.metrics.inflight.dec()
             self.inflight -= 1
-            left = self._epoch_users[epoch] - 1
-            if left:
-                self._epoch_users[epoch] = left
-            else:
-                del self._epoch_users[epoch]
+            if call is not None and call.epoch is not None:
+                left = self._epoch_users[call.epoch] - 1
+                if left:
+                    self._epoch_users[call.epoch] = left
+                else:
+                    del self._epoch_users[call.epoch]
 
     def model_names(self) -> list[str]:
         return sorted({mv.name for mv in self._registry.all()})
@@ -222,9 +223,13 @@ class DataPlane:
     def live(self) -> bool:
         return True
 
+    def serving(self) -> bool:
+        """Loaded and not draining (whatever the models' states)."""
+        return self._ready and self._draining_since is None
+
     def ready(self) -> bool:
-        serving = self._ready and self._draining_since is None
-        return serving and (self.manager is None or self.manager.ready())
+        """ServerReady: serving, and with strict readiness every model that should serve does."""
+        return self.serving() and (self.manager is None or self.manager.ready())
 
     def versions_of(self, name: str) -> list[ModelVersion]:
         return self._registry.versions_of(name)
@@ -234,12 +239,15 @@ class DataPlane:
             self._registry.get(name, version)
         except NotFound:
             return False
-        return self.ready()
+        return self.serving()
 
     def _model(self, name: str, version: str, call: Call | None) -> ModelVersion:
         mv = self._registry.get(name, version)
         if call is not None:
             call.label(mv)
+            if call.epoch is None:
+                call.epoch = self._epoch
+                self._epoch_users[call.epoch] = self._epoch_users.get(call.epoch, 0) + 1
         return mv
 
     def metadata(self, name: str, version: str = "", call: Call | None = None) -> ModelMetadata:
@@ -339,7 +347,7 @@ class DataPlane:
         return batcher.stats if batcher is not None else VersionStatistics()
 
     def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
-        serving = self._ready and self._draining_since is None
+        serving = self.serving()
         if self.manager is not None:
             return self.manager.index(serving, ready_only)
         state = "READY" if serving else "UNAVAILABLE"

@@ -389,9 +389,7 @@ class KServeHttp:
 
 
 def make_app(plane: DataPlane, max_body_bytes: int, token: str | None = None) -> web.Application:
-    middlewares = [_json_errors] + ([_auth(plane, token)] if token else [])
-    if hasattr(plane, "call_received"):  # the data plane tracks open calls for its drain
-        middlewares.insert(0, _answers(plane))
+    middlewares = [_answers(plane), _json_errors] + ([_auth(plane, token)] if token else [])
     # client_max_size: aiohttp's own bound on a body read (413); the handlers check it first.
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     app.add_routes(KServeHttp(plane, max_body_bytes).routes())

@@ -45,7 +45,7 @@ def request_scope(
         raise Unavailable(refusal)
     call = Call()
     code = "OK"
-    with plane.in_flight():
+    with plane.in_flight(call):
         try:
             yield call
         except ServingError as exc:

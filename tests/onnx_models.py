@@ -91,9 +91,11 @@ def write_version(
     max_batch_size: int = 8,
     max_queue_delay_us: int = 0,
     model: onnx.ModelProto | None = None,
+    selftest: bool = True,
 ) -> Path:
-    """repository/name/{config.pbtxt, labels.txt, version/model.onnx, version/verification.json}
-    as `edgecnn export` writes them, the batching set in config.pbtxt; returns the model.onnx path."""
+    """repository/name/{config.pbtxt, labels.txt, version/model.onnx, version/verification.json,
+    version/selftest.npz} as `edgecnn export` writes them, the batching set in config.pbtxt;
+    returns the model.onnx path."""
     model_dir = Path(repository) / name
     version_dir = model_dir / str(version)
     version_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +107,15 @@ def write_version(
     # What the exporter's verification against PyTorch records; these models have no PyTorch twin.
     report = {"passed": True, "comparisons": [{"inputs": "random", "count": 16, "max_abs_error": 0.0, "top1_agreement": 1.0}]}
     (version_dir / repo.VERIFICATION_NAME).write_text(json.dumps(report))
+    if selftest:
+        write_selftest(onnx_path, version_dir / repo.SELFTEST_NAME)
     return onnx_path
+
+
+def write_selftest(onnx_path: Path, path: Path, atol: float = 1e-4) -> None:
+    """selftest.npz in `edgecnn export`'s format: golden inputs and the file's own CPU logits."""
+    inputs = normalized(sample_images(8, seed=99))
+    np.savez(path, inputs=inputs, logits=reference_logits(onnx_path, inputs), atol=np.float32(atol), rtol=np.float32(0.0))
 
 
 def sample_images(n: int, seed: int = 0) -> np.ndarray:
