@@ -21,6 +21,11 @@ SERVER_NAME = "edgecnn"
 EXTENSIONS = ["model_configuration", "classification", "statistics"]
 
 
+def extensions(plane: DataPlane) -> list[str]:
+    """The protocol extensions served now: model_repository only while load and unload are taken."""
+    return EXTENSIONS + (["model_repository"] if plane.model_control else [])
+
+
 class KServeServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
@@ -35,8 +40,7 @@ class KServeServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         return inference_pb2.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version))
 
     async def ServerMetadata(self, request, context):
-        extensions = EXTENSIONS + (["model_repository"] if self.plane.model_control else [])
-        return inference_pb2.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=extensions)
+        return inference_pb2.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=extensions(self.plane))
 
     @rpc("ModelMetadata")
     async def ModelMetadata(self, request, context, call: Call):

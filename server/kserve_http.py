@@ -51,7 +51,7 @@ STATUS: dict[type[ServingError], int] = {
     QueueFull: 429,
     Unavailable: 503,
 }
-EXTENSIONS = [*kserve_grpc.EXTENSIONS, "binary_tensor_data"]
+HTTP_EXTENSIONS = ["binary_tensor_data"]
 OPEN_PREFIX = "/v2/health/"
 IMAGE_TYPES = ("image/png", "image/jpeg")
 MULTIPART = "multipart/form-data"
@@ -235,7 +235,7 @@ class KServeHttp:
         return _json({"ready": False, "error": self.plane.refusal() or "not ready"}, status=503)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
-        return _json({"name": kserve_grpc.SERVER_NAME, "version": __version__, "extensions": EXTENSIONS})
+        return _json({"name": kserve_grpc.SERVER_NAME, "version": __version__, "extensions": [*kserve_grpc.extensions(self.plane), *HTTP_EXTENSIONS]})
 
     async def model_ready(self, request: web.Request) -> web.Response:
         name, version = _model(request)
