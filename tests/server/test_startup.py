@@ -61,6 +61,17 @@ def test_cli_flags_reach_the_settings(tmp_path):
     assert (settings.batch_buckets, settings.inline_max_us, settings.max_queue_delay_us) == ("off", 0, 500)
     with pytest.raises(SystemExit):
         parser.parse_args(["--repository", str(tmp_path), "--batch-buckets", "sometimes"])
+    assert (defaults.model_control_mode, defaults.load_models, defaults.exit_on_error, defaults.strict_readiness) == ("none", (), True, True)
+    control = ["--repository", str(tmp_path), "--model-control-mode", "explicit", "--load-model", "a", "--load-model", "b",
+               "--exit-on-error", "false", "--strict-readiness", "False", "--repository-poll-secs", "2.5"]  # fmt: skip
+    settings = cmd_serve.settings_from_args(parser.parse_args(control))
+    assert (settings.model_control_mode, settings.load_models, settings.exit_on_error, settings.strict_readiness) == ("explicit", ("a", "b"), False, False)
+    assert settings.repository_poll_secs == 2.5
+    with pytest.raises(ValueError, match="--load-model needs --model-control-mode explicit"):
+        cmd_serve.settings_from_args(parser.parse_args(["--repository", str(tmp_path), "--load-model", "a"]))
+    for bad in (["--exit-on-error", "maybe"], ["--repository-poll-secs", "0"], ["--model-control-mode", "auto"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--repository", str(tmp_path), *bad])
 
 
 def test_a_model_that_cannot_run_fails_at_startup(repository, tmp_path):
