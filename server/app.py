@@ -51,8 +51,13 @@ FLUSH_S = 0.05  # for grpc to write the last answers out before the process ends
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.so_reuseport", 0),  # a port in use is a start-up error, not a silently shared port
 ]
+
+
+def _grpc_options(worker: bool) -> list[tuple[str, int]]:
+    # A port in use is a start-up error, not a silently shared port; the workers of `edgecnn
+    # serve --workers N` share theirs on purpose (the supervisor checked it and holds it: workers.py).
+    return [*_GRPC_OPTIONS, ("grpc.so_reuseport", 1 if worker else 0)]
 
 
 def _model_names(repository: Path) -> list[str]:
@@ -75,14 +80,14 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials:
 class InferenceServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = Metrics(multiprocess=settings.worker)
         self.plane = DataPlane(self.metrics, max_image_pixels=settings.max_image_pixels, reject_nonfinite=settings.reject_nonfinite)
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.http_port: int | None = None  # the HTTP/REST front end's (None: off)
         self._http: HttpFrontEnd | None = None
         # ONNX Runtime calls that can run at once; each batcher keeps up to this many batches in flight.
-        self._workers = max(2, usable_cpus())
+        self._workers = max(2, settings.cpus or usable_cpus())
         self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="edgecnn-ort")
         self._server: grpc.aio.Server | None = None
         self._health: Health | None = None
@@ -94,7 +99,8 @@ class InferenceServer:
         return f"{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{self.port}"
 
     async def start(self) -> None:
-        """Bind (health NOT_SERVING), load every model version, then turn SERVING."""
+        """Bind (health NOT_SERVING), load every model version, then turn SERVING (a worker of
+        --workers N binds last)."""
         try:
             await self._start()
         except BaseException:
@@ -106,27 +112,14 @@ class InferenceServer:
         providers = providers_for(s.device)
         names = _model_names(s.repository)
         interceptors = [TokenAuthInterceptor(s.auth_token, self.metrics)] if s.auth_token else []
-        server = grpc.aio.server(interceptors=interceptors, options=_GRPC_OPTIONS)
+        server = grpc.aio.server(interceptors=interceptors, options=_grpc_options(s.worker))
         self._server = server
         kserve_grpc.add_to_server(self.plane, server)
         classifier_grpc.add_to_server(self.plane, server)
         self._health = Health(server)
         await self._health.set_all(names, NOT_SERVING)
-        address = f"{s.host}:{s.port}"
-        try:
-            if s.tls_cert:
-                self.port = server.add_secure_port(address, _credentials(s))
-            else:
-                self.port = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise StartupError(f"cannot listen on {address}: {exc}") from None
-        if not self.port:
-            raise StartupError(f"cannot listen on {address} (in use?)")
-        await server.start()
-        if s.http_port is not None:  # same event loop and data plane; /v2/health/ready says 503 until loaded
-            self._http = HttpFrontEnd(self.plane, MAX_MESSAGE_BYTES, s.auth_token)
-            tls = ssl_context(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert and s.tls_key else None
-            self.http_port = await self._http.start(s.host, s.http_port, tls)
+        if not s.worker:
+            await self._listen(server)
         if s.metrics_port is not None:
             try:
                 self.metrics_port = self.metrics.serve_http(s.host, s.metrics_port)
@@ -142,11 +135,44 @@ class InferenceServer:
         self.plane.mark_ready()
         log.info("execution provider: %s (asked for --device %s)", ", ".join(self.plane.providers()) or "none yet", s.device)
         await self._health.set_all(self.plane.model_names(), SERVING)
+        await self._publish_readiness()
+        if s.worker:  # listening once loaded: until then the other workers take every connection
+            await self._listen(server)
+
+    async def _listen(self, server: grpc.aio.Server) -> None:
+        """Bind the gRPC port and start it, then the HTTP front end's."""
+        s = self.settings
+        address = f"{s.host}:{s.port}"
+        try:
+            if s.tls_cert:
+                self.port = server.add_secure_port(address, _credentials(s))
+            else:
+                self.port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {address}: {exc}") from None
+        if not self.port:
+            raise StartupError(f"cannot listen on {address} (in use?)")
+        await server.start()
+        if s.http_port is not None:  # same event loop and data plane; /v2/health/ready says 503 until loaded
+            self._http = HttpFrontEnd(self.plane, MAX_MESSAGE_BYTES, s.auth_token)
+            tls = ssl_context(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert and s.tls_key else None
+            self.http_port = await self._http.start(s.host, s.http_port, tls, reuse_port=s.worker)
 
     async def _model_changed(self, name: str, serving: bool) -> None:
-        """A model was loaded or unloaded while serving: its health service follows."""
+        """A model was loaded or unloaded while serving: its health service follows, and so does
+        the server's readiness (with strict readiness a model that should serve and does not
+        makes the server not ready)."""
         if self._health is not None and self.plane.serving():
             await self._health.servicer.set(name, SERVING if serving else NOT_SERVING)
+            await self._publish_readiness()
+
+    async def _publish_readiness(self) -> None:
+        """ServerReady's answer on the overall health service ("", what orchestrators probe) and
+        in edgecnn_server_ready."""
+        ready = self.plane.ready()
+        self.metrics.ready.set(1 if ready else 0)
+        if self._health is not None:
+            await self._health.servicer.set("", SERVING if ready else NOT_SERVING)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain, then close the transport."""

@@ -14,6 +14,7 @@ from edgecnn.number_args import positive_float, true_or_false
 
 from .app import InferenceServer, serve_until_signal
 from .errors import StartupError
+from .workers import serve_workers, worker_count
 from .settings import (
     DEFAULT_INLINE_MAX_US,
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -44,7 +45,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-http", action="store_true", help="no HTTP/REST front end (as --http-port -1)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="ONNX Runtime execution provider")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads per session (0: its default)")
+    parser.add_argument(
+        "--workers", default="1", metavar="N|auto",
+        help="serving processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each with its own copy of the models, "
+        "under one supervisor that restarts them and serves /metrics for all; auto: one per usable CPU; the kernel "
+        "balances connections, not requests (default 1: one process, no supervisor; see server/workers.py)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="ONNX Runtime intra-op threads per session (0: its default; with --workers N, the usable CPUs // N)",
+    )
     parser.add_argument(
         "--max-batch-size", type=int, default=None,
         help="override every config.pbtxt max_batch_size (0 or 1 turns batching off)",
@@ -137,16 +147,25 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
+def _announce_ports(host: str, port: int, metrics_port: int | None, http_port: int | None, workers: int = 1) -> None:
+    metrics = f"metrics :{metrics_port}" if metrics_port is not None else "no metrics"
+    http = f", http :{http_port}" if http_port is not None else ""
+    processes = f", {workers} workers" if workers > 1 else ""
+    print(f"edgecnn serving on {host}:{port} ({metrics}){http}{processes}", flush=True)
+
+
 def _announce(server: InferenceServer) -> None:
-    metrics = f"metrics :{server.metrics_port}" if server.metrics_port is not None else "no metrics"
-    http = f", http :{server.http_port}" if server.http_port is not None else ""
-    print(f"edgecnn serving on {server.settings.host}:{server.port} ({metrics}){http}", flush=True)
+    _announce_ports(server.settings.host, server.port, server.metrics_port, server.http_port)  # type: ignore[arg-type]
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_from_args(args)
+        workers = worker_count(args.workers)
+        if workers > 1:
+            announce = lambda *ports: _announce_ports(*ports, workers=workers)  # noqa: E731
+            return asyncio.run(serve_workers(settings, workers, args.log_level, on_ready=announce))
         return asyncio.run(serve_until_signal(settings, on_ready=_announce))
     except (StartupError, ValueError, OSError) as exc:
         print(f"edgecnn serve: {exc}", file=sys.stderr)

@@ -37,10 +37,11 @@ class HttpFrontEnd:
         )
         self.port: int | None = None
 
-    async def start(self, host: str, port: int, context: ssl.SSLContext | None = None) -> int:
-        """Listen on host:port (0: any free port); the bound port."""
+    async def start(self, host: str, port: int, context: ssl.SSLContext | None = None, reuse_port: bool = False) -> int:
+        """Listen on host:port (0: any free port); the bound port. reuse_port: share it with the
+        other workers of `edgecnn serve --workers N` (SO_REUSEPORT)."""
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host or None, port, ssl_context=context, reuse_port=False)
+        site = web.TCPSite(self._runner, host or None, port, ssl_context=context, reuse_port=reuse_port)
         try:
             await site.start()
         except OSError as exc:

@@ -42,9 +42,24 @@ Buckets (why they are what they are; deploy/grafana and deploy/prometheus/rules.
   (k-1, k] interpolates into it, and ceil gives k); wider buckets above that.
 The `_created` series (one more per counter and histogram child, in the OpenMetrics format) are
 off: nothing reads them, and they doubled the series of every counter.
+
+`edgecnn serve --workers N` (server/workers.py): each worker's Metrics(multiprocess=True) writes
+its values to prometheus_client's files in PROMETHEUS_MULTIPROC_DIR, and the supervisor serves
+one /metrics over all of them with the same names and labels (server/worker_metrics.py):
+counters and histograms summed over every worker that ever ran (a dead worker's counts stay),
+gauges kept per process ("liveall", dropped when a worker dies: mark_process_dead) and combined
+there: in-flight and queue depth summed, edgecnn_server_ready the minimum (1 only while every
+worker serves), the per-version gauges and edgecnn_model_info the maximum. prometheus_client's
+Info has no multiprocess mode: a worker keeps edgecnn_model_info as a gauge of value 1, served
+as an info metric again. Files cannot drop a series, so a worker marks a removed version's
+gauges NaN and the supervisor leaves NaN samples out. The process_* metrics sum the supervisor
+and its workers (CPU seconds also count the workers that have exited); python_info and
+python_gc_* are the supervisor's own.
 """
 
 from __future__ import annotations
+
+import math
 
 from prometheus_client import (
     CollectorRegistry,
@@ -71,6 +86,7 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 QUEUE_WAIT_BUCKETS = (0.0, *LATENCY_BUCKETS)
 BATCH_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64, 128, 256, 512, 1024)
+INFO_LABELS = ("architecture", "provider", "opset", "quantization", "dataset")  # edgecnn_model_info's, after model and version
 
 
 class ModelMetrics:
@@ -85,9 +101,12 @@ class ModelMetrics:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, multiprocess: bool = False) -> None:
+        """multiprocess: a worker of `edgecnn serve --workers N` (see the module's docstring)."""
+        self.multiprocess = multiprocess
         self.registry = CollectorRegistry()
         r = self.registry
+        per_process = {"multiprocess_mode": "liveall"} if multiprocess else {}
         ProcessCollector(registry=r)  # CPU seconds, resident memory, open and max fds, start time
         PlatformCollector(registry=r)  # python_info
         GCCollector(registry=r)  # collections, collected and uncollectable objects per generation
@@ -111,20 +130,28 @@ class Metrics:
             "edgecnn_batch_size", "Rows (images) per ONNX Runtime call",
             ["model", "version"], buckets=BATCH_BUCKETS, registry=r,
         )
-        self.inflight = Gauge("edgecnn_inflight_requests", "RPCs being handled now", registry=r)
+        self.inflight = Gauge("edgecnn_inflight_requests", "RPCs being handled now", registry=r, **per_process)
         self.queue_depth = Gauge(
-            "edgecnn_queue_depth", "Requests waiting for a batch", ["model", "version"], registry=r
+            "edgecnn_queue_depth", "Requests waiting for a batch", ["model", "version"], registry=r, **per_process
         )
         self.parameters = Gauge(
-            "edgecnn_model_parameters", "Trainable parameters of the model", ["model", "version"], registry=r
+            "edgecnn_model_parameters", "Trainable parameters of the model", ["model", "version"], registry=r, **per_process
         )
         self.onnx_bytes = Gauge(
-            "edgecnn_model_onnx_bytes", "Size of the model.onnx file", ["model", "version"], registry=r
+            "edgecnn_model_onnx_bytes", "Size of the model.onnx file", ["model", "version"], registry=r, **per_process
         )
-        self.model_info = Info(
-            "edgecnn_model", "How a model version runs", ["model", "version"], registry=r
+        if multiprocess:
+            self.model_info: Info | Gauge = Gauge(
+                "edgecnn_model_info", "How a model version runs", ["model", "version", *INFO_LABELS],
+                registry=r, **per_process,
+            )
+        else:
+            self.model_info = Info("edgecnn_model", "How a model version runs", ["model", "version"], registry=r)
+        self._info_labels: dict[tuple[str, str], tuple[str, ...]] = {}  # multiprocess: the info gauge's labels
+        self._removed: set[tuple[str, str]] = set()  # multiprocess: versions whose gauges read NaN
+        self.ready = Gauge(
+            "edgecnn_server_ready", "1 while serving, 0 while loading or draining", registry=r, **per_process
         )
-        self.ready = Gauge("edgecnn_server_ready", "1 while serving, 0 while loading or draining", registry=r)
         self.nonfinite_inputs = Counter(
             "edgecnn_nonfinite_inputs", "ModelInfer requests whose input held NaN or infinite values",
             ["model", "version"], registry=r,
@@ -140,25 +167,46 @@ class Metrics:
     def add_model(self, mv: ModelVersion) -> ModelMetrics:
         self.parameters.labels(mv.name, mv.version_str).set(mv.params)
         self.onnx_bytes.labels(mv.name, mv.version_str).set(mv.onnx_bytes)
-        self.model_info.labels(mv.name, mv.version_str).info(
-            {
-                "architecture": mv.architecture,
-                "provider": mv.provider,
-                "opset": str(mv.opset),
-                "quantization": mv.quantization,
-                "dataset": mv.dataset,
-            }
-        )
+        info = {
+            "architecture": mv.architecture,
+            "provider": mv.provider,
+            "opset": str(mv.opset),
+            "quantization": mv.quantization,
+            "dataset": mv.dataset,
+        }
+        if isinstance(self.model_info, Info):
+            self.model_info.labels(mv.name, mv.version_str).info(info)
+        else:
+            key = (mv.name, mv.version_str)
+            if key in self._removed:  # back after an unload: its queue depth counts from 0 again, not from NaN
+                self._removed.discard(key)
+                self.queue_depth.labels(*key).set(0)
+            labels = (*key, *(info[name] for name in INFO_LABELS))
+            if self._info_labels.get(key, labels) != labels:  # a reload that runs otherwise
+                self._drop(self.model_info, self._info_labels[key])
+            self._info_labels[key] = labels
+            self.model_info.labels(*labels).set(1)
         return ModelMetrics(self, mv)
 
     def remove_model(self, mv: ModelVersion) -> None:
         """Drop the per-version series of an unloaded version (the counters stay: they count what happened)."""
         labels = (mv.name, mv.version_str)
-        for metric in (self.parameters, self.onnx_bytes, self.model_info, self.queue_depth):
-            try:
-                metric.remove(*labels)
-            except KeyError:
-                pass
+        for metric in (self.parameters, self.onnx_bytes, self.queue_depth):
+            self._drop(metric, labels)
+        if self.multiprocess:
+            self._removed.add(labels)
+        if isinstance(self.model_info, Info):
+            self._drop(self.model_info, labels)
+        elif labels in self._info_labels:
+            self._drop(self.model_info, self._info_labels.pop(labels))
+
+    def _drop(self, metric: Gauge | Info, labels: tuple[str, ...]) -> None:
+        if self.multiprocess and isinstance(metric, Gauge):
+            metric.labels(*labels).set(math.nan)  # the files keep the series: NaN tells the supervisor it is gone
+        try:
+            metric.remove(*labels)
+        except KeyError:
+            pass
 
     def count_nonfinite(self, mv: ModelVersion) -> None:
         """One more request of mv whose input held NaN or infinite values (perf_analyzer's random

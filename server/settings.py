@@ -56,6 +56,14 @@ class Settings:
     load_models: tuple[str, ...] = ()  # explicit mode's start-up set; "*": every model
     exit_on_error: bool = True  # a model that fails to load at start-up stops the start
     strict_readiness: bool = True  # ServerReady only while every model that should serve does
+    # One of the workers of `edgecnn serve --workers N` (server/workers.py): it shares the gRPC and
+    # HTTP ports with the others through SO_REUSEPORT (the supervisor checked them and holds them),
+    # listens only once its models are loaded, and writes its metrics to PROMETHEUS_MULTIPROC_DIR
+    # for the supervisor's /metrics (it serves none itself).
+    worker: bool = False
+    # CPUs this server's ONNX Runtime calls may use (its worker threads); 0: usable_cpus(). A
+    # worker of --workers N gets its share.
+    cpus: int = 0
 
     def __post_init__(self) -> None:
         if self.model_control_mode not in ("none", "poll", "explicit"):
@@ -74,6 +82,8 @@ class Settings:
             raise ValueError(f"max_image_pixels must be >= 1, got {self.max_image_pixels}")
         if self.inline_max_us < 0:
             raise ValueError(f"inline_max_us must be >= 0, got {self.inline_max_us}")
+        if self.cpus < 0:
+            raise ValueError(f"cpus must be >= 0, got {self.cpus}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.batch_buckets not in ("auto", "on", "off"):
