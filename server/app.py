@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 SETTLE_S = 0.5  # after the grace: time for the last answers (UNAVAILABLE ones too) to be sent
 # A drain keeps serving requests received this soon after it starts: they reached the transport
-# before the signal and waited for the event loop (a busy loop leaves calls in grpc's queue).
-INTAKE_S = 0.1
+# before the signal and waited for the event loop (a busy loop leaves calls in grpc's queue; on a
+# 2-core machine at load average 8-10, 0.1 s let a few of 64 callers' requests through refused).
+INTAKE_S = 0.5
 QUIET_S = 0.02  # no request received for this long: grpc's queue of arrived calls is empty
 FLUSH_S = 0.05  # for grpc to write the last answers out before the process ends
 _GRPC_OPTIONS = [

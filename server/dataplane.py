@@ -45,7 +45,7 @@ class Call:
     def __init__(self) -> None:
         self.model = ""
         self.version = ""
-        self.epoch: int | None = None  # the data plane's epoch when the request looked up its model
+        self.epoch: tuple[str, int] | None = None  # (model, its epoch) when the request looked the model up
 
     def label(self, mv: ModelVersion) -> None:
         self.model = mv.name
@@ -106,10 +106,11 @@ class DataPlane:
         self._batchers: dict[tuple[str, int], Batcher] = {}
         self._retiring: list[Batcher] = []  # versions no longer looked up, finishing their requests
         self._executor: Executor | None = None
-        # Requests in flight by the epoch they began in (the epoch advances at every swap of
-        # versions): a version that left in epoch E is freed once no request of an epoch <= E is.
-        self._epoch = 0
-        self._epoch_users: dict[int, int] = {}
+        # Requests in flight by the model they looked up and its epoch then (a model's epoch
+        # advances at every swap of its versions): a version that left in epoch E is freed once
+        # no request of its model from an epoch <= E is in flight.
+        self._epochs: dict[str, int] = {}
+        self._epoch_users: dict[tuple[str, int], int] = {}
         self.manager: RepositoryManager | None = None  # the live repository (app.py sets it)
         self._ready = False
         self._draining_since: float | None = None  # time.monotonic() of the drain's start
@@ -123,8 +124,8 @@ class DataPlane:
     def serve(self, registry: ModelRegistry, executor: Executor) -> None:
         """Take the loaded models, give each version its batcher, and turn ready."""
         self.attach(executor)
-        for mv in registry.all():
-            self.set_model(mv.name, registry.versions_of(mv.name))
+        for name in {mv.name for mv in registry.all()}:
+            self.set_model(name, registry.versions_of(name))
         self.mark_ready()
 
     def attach(self, executor: Executor) -> None:
@@ -153,15 +154,19 @@ class DataPlane:
             if key in self._batchers and self._batchers[key].mv is mv:
                 self._retiring.append(self._batchers.pop(key))
         self._registry.set_versions(name, versions)
-        left_in = self._epoch
-        self._epoch += 1
+        left_in = self._epochs.get(name, 0)
+        self._epochs[name] = left_in + 1
         loop = asyncio.get_running_loop()
         return [(mv, loop.create_task(self._retire(mv, left_in))) for mv in leaving]
+
+    def _may_use(self, name: str, epoch: int) -> bool:
+        """Some request in flight looked model `name` up in `epoch` or before."""
+        return any(model == name and e <= epoch for model, e in self._epoch_users)
 
     async def _retire(self, mv: ModelVersion, left_in: int) -> None:
         """Once no request that could still use mv is in flight and its batcher is idle, free it."""
         batcher = next(b for b in self._retiring if b.mv is mv)
-        while min(self._epoch_users, default=left_in + 1) <= left_in or not batcher.idle:
+        while self._may_use(mv.name, left_in) or not batcher.idle:
             await asyncio.sleep(0.005)
         self._retiring.remove(batcher)
         if (mv.name, mv.version) not in self._batchers:
@@ -246,7 +251,7 @@ class DataPlane:
         if call is not None:
             call.label(mv)
             if call.epoch is None:
-                call.epoch = self._epoch
+                call.epoch = (mv.name, self._epochs.get(mv.name, 0))
                 self._epoch_users[call.epoch] = self._epoch_users.get(call.epoch, 0) + 1
         return mv
 

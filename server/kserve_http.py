@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,6 +43,8 @@ from .http_tensors import BINARY_TYPE, HEADER_LENGTH, JSON_TYPE, decode_request,
 from .images import ImageInput
 from .request_scope import HTTP, request_scope
 
+log = logging.getLogger(__name__)
+
 # The one table of ServingError -> HTTP status (looked up along the class's bases; else 500).
 STATUS: dict[type[ServingError], int] = {
     InvalidArgument: 400,
@@ -55,10 +58,6 @@ HTTP_EXTENSIONS = ["binary_tensor_data"]
 OPEN_PREFIX = "/v2/health/"
 IMAGE_TYPES = ("image/png", "image/jpeg")
 MULTIPART = "multipart/form-data"
-MODEL_CONTROL_OFF = (
-    "model control is not enabled on this server (the data plane offers no load/unload); "
-    "the repository's models are loaded at start-up"
-)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -96,6 +95,9 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         if exc.status < 400:
             raise
         return error_response(exc.status, _route_error(request, exc))
+    except Exception as exc:  # as gRPC's INTERNAL: a JSON answer, written before the drain counts it answered
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
 
 
 def _api(request: web.Request) -> str:
@@ -128,6 +130,8 @@ def _answers(plane: DataPlane) -> Callable:
         plane.call_received()
         try:
             response = await handler(request)
+            if plane.refusal() is not None:  # draining: no request after this one on the connection
+                response.force_close()
             await response.prepare(request)
             await response.write_eof()
             return response
@@ -243,7 +247,9 @@ class KServeHttp:
         if refusal is not None:
             return _json({"name": name, "ready": False, "error": refusal}, status=503)
         self.plane.metadata(name, version)  # NotFound (404) for an unknown model or version
-        return _json({"name": name, "ready": self.plane.model_ready(name, version)})
+        ready = self.plane.model_ready(name, version)
+        # As Triton: 200 only when ready (tritonclient.http's is_model_ready reads the status alone).
+        return _json({"name": name, "ready": ready}, status=200 if ready else 503)
 
     # --- counted endpoints ---
 
@@ -263,11 +269,8 @@ class KServeHttp:
 
     @counted("ModelStatistics")
     async def model_statistics(self, request: web.Request, call: Call) -> web.Response:
-        statistics = getattr(self.plane, "statistics", None)
-        if statistics is None:
-            raise InvalidArgument("model statistics are not offered by this server")
         name, version = request.match_info.get("model", ""), request.match_info.get("version", "")
-        return _json({"model_stats": statistics(name, version)})
+        return _json({"model_stats": self.plane.statistics(name, version)})
 
     @counted("ModelInfer")
     async def infer(self, request: web.Request, call: Call) -> web.Response:
@@ -341,9 +344,6 @@ class KServeHttp:
 
     @counted("RepositoryModelLoad")
     async def load(self, request: web.Request, call: Call) -> web.Response:
-        load_model = getattr(self.plane, "load_model", None)
-        if load_model is None:
-            raise InvalidArgument(MODEL_CONTROL_OFF)
         parameters = (await self._json_body(request)).get("parameters", {})
         if not isinstance(parameters, dict):
             raise InvalidArgument("\"parameters\" of a load request: expected a JSON object")
@@ -353,16 +353,13 @@ class KServeHttp:
         config = parameters.get("config")
         if config is not None and not isinstance(config, str):
             raise InvalidArgument("load parameter \"config\": expected the model configuration as a JSON string")
-        await load_model(request.match_info["model"], config)
+        await self.plane.load_model(request.match_info["model"], config)
         return _json({})
 
     @counted("RepositoryModelUnload")
     async def unload(self, request: web.Request, call: Call) -> web.Response:
-        unload_model = getattr(self.plane, "unload_model", None)
-        if unload_model is None:
-            raise InvalidArgument(MODEL_CONTROL_OFF)
         await self._json_body(request)  # Triton's unload_dependents parameter: no ensembles here
-        await unload_model(request.match_info["model"])
+        await self.plane.unload_model(request.match_info["model"])
         return _json({})
 
     def routes(self) -> list[web.AbstractRouteDef]:

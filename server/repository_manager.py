@@ -21,8 +21,8 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -41,7 +41,6 @@ from .registry import served_versions
 log = logging.getLogger(__name__)
 
 ControlMode = Literal["none", "poll", "explicit"]
-CONTROL_MODES = ("none", "poll", "explicit")
 READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
 ALL_MODELS = "*"
 
@@ -124,15 +123,15 @@ class RepositoryManager:
         strict_readiness: bool = True,
         on_change: Callable[[str, bool], Awaitable[None]] | None = None,
     ) -> None:
-        if mode not in CONTROL_MODES:
-            raise StartupError(f"--model-control-mode must be one of {', '.join(CONTROL_MODES)}, got {mode!r}")
-        if startup_models and mode != "explicit":
-            raise StartupError("--load-model needs --model-control-mode explicit (the other modes load every model)")
         self.plane = plane
         self.repository = Path(repository)
         self.mode = mode
         self._loader = loader
-        self._executor = executor
+        self._executor = executor  # repository reads
+        # Opening, warming up and self-testing a version can take seconds (on CUDA, one session
+        # per batch size bucket): not on a thread that inference waits for.
+        self._load_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgecnn-load")
+        self._work: set[asyncio.Task] = set()  # loads and unloads under way (a request that gives up does not stop them)
         self._metrics = metrics
         self._startup_models = startup_models
         self._exit_on_error = exit_on_error
@@ -183,6 +182,7 @@ class RepositoryManager:
             except asyncio.CancelledError:
                 pass
             self._poll_task = None
+        self._load_executor.shutdown(wait=False, cancel_futures=True)
 
     async def _poll_forever(self, interval_s: float) -> None:
         while True:
@@ -215,7 +215,7 @@ class RepositoryManager:
         if name not in folders:
             raise NotFound(f"no model {name!r} in the repository {self.repository} (have: {', '.join(sorted(folders)) or 'none'})")
         override = parse_config_override(name, config_json) if config_json else None
-        failures = await self._load(name, override)
+        failures = await self._finish(self._load(name, override))
         if failures:
             raise InvalidArgument(f"failed to load {failures[0]}" + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""))
 
@@ -224,7 +224,15 @@ class RepositoryManager:
         self._require_control()
         if not self.plane.versions_of(name) and name not in self._states:
             raise NotFound(f"model {name!r} is not loaded")
-        await self._unload(name)
+        await self._finish(self._unload(name))
+
+    async def _finish(self, work: Coroutine):
+        """Run a load or unload to its end even if the request that asked for it is cancelled
+        (a client deadline): half a swap would leave states, health and readiness behind."""
+        task = asyncio.ensure_future(work)
+        self._work.add(task)
+        task.add_done_callback(self._work.discard)
+        return await asyncio.shield(task)
 
     def _require_control(self) -> None:
         if not self.control_enabled:
@@ -291,10 +299,16 @@ class RepositoryManager:
             self._wanted.add(name)
             try:
                 plan = await self._in_executor(self._plan, name, override)
-            except (repo.RepositoryError, StartupError) as exc:
+            except (repo.RepositoryError, StartupError, OSError, ValueError) as exc:  # ValueError: e.g. a config that is not UTF-8
                 if not self.plane.versions_of(name):
                     self._set_state(name, "", UNAVAILABLE, str(exc))
                 return [self._failed(name, "", str(exc))]
+            if not plan.entries:
+                reason = f"no version to serve: no version folder with a {repo.MODEL_FILENAME} that the version policy picks"
+                if not self.plane.versions_of(name):
+                    self._set_state(name, "", UNAVAILABLE, reason)
+                    return [self._failed(name, "", reason)]
+                return [self._failed(name, "", reason + "; the versions loaded before keep serving")]
             current = {mv.version: mv for mv in self.plane.versions_of(name)}
             serving: list[ModelVersion] = []
             failures: list[str] = []
@@ -305,9 +319,10 @@ class RepositoryManager:
                     serving.append(old)
                     continue
                 version = str(entry.version)
-                self._set_state(name, version, LOADING)
+                if old is None:  # a reload keeps showing READY: the old session serves meanwhile
+                    self._set_state(name, version, LOADING)
                 try:
-                    mv = await self._in_executor(self._loader.load, entry, plan.config)
+                    mv = await asyncio.get_running_loop().run_in_executor(self._load_executor, self._loader.load, entry, plan.config)
                 except Exception as exc:  # StartupError, or anything ONNX Runtime or numpy raise
                     failures.append(self._failed(name, version, str(exc)))
                     if old is not None:  # what was serving stays
@@ -324,17 +339,20 @@ class RepositoryManager:
                     mv.serving.max_queue_delay_us, mv.batch1_s * 1e6, mv.selftest,
                 )  # fmt: skip
                 serving.append(mv)
-            await self._swap(name, serving)
+            if failures:  # what the policy would drop serves on until every version it picks has loaded
+                chosen = {e.version for e in plan.entries}
+                serving += [mv for v, mv in current.items() if v not in chosen]
+            await self._swap(name, serving, wait=False)
             return failures
 
     async def _unload(self, name: str) -> None:
         async with self._lock(name):
             self._wanted.discard(name)
-            await self._swap(name, [])
+            await self._swap(name, [], wait=True)
 
-    async def _swap(self, name: str, serving: list[ModelVersion]) -> None:
-        """Serve exactly `serving` of the model; the versions that leave drain in the background
-        (an unload waits for them)."""
+    async def _swap(self, name: str, serving: list[ModelVersion], wait: bool) -> None:
+        """Serve exactly `serving` of the model; the versions that leave drain in the background,
+        or before this returns when `wait` (an unload)."""
         kept = {mv.version for mv in serving}
         retiring = self.plane.set_model(name, serving)
         if self._on_change is not None:
@@ -347,6 +365,12 @@ class RepositoryManager:
             self._loaded_from.pop((name, mv.version), None)
             leaving.append((mv, drained))
         for mv, drained in leaving:
-            await drained
-            self._set_state(name, mv.version_str, UNAVAILABLE, "unloaded")
-            log.info("unloaded %s version %d", name, mv.version)
+            drained.add_done_callback(lambda _, mv=mv: self._unloaded(mv))
+        if wait:
+            await asyncio.gather(*(drained for _, drained in leaving))
+
+    def _unloaded(self, mv: ModelVersion) -> None:
+        states = self._states.get(mv.name, {})
+        if states.get(mv.version_str, VersionState("")).state == UNLOADING:  # not loaded again meanwhile
+            self._set_state(mv.name, mv.version_str, UNAVAILABLE, "unloaded")
+        log.info("unloaded %s version %d", mv.name, mv.version)

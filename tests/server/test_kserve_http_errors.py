@@ -137,13 +137,9 @@ def test_body_over_the_limit_is_413(both, samples, repository):
 
 
 def test_model_control(both, samples, repository):
-    plane = both.server.plane
-    for action in ("load", "unload"):
+    for action in ("load", "unload"):  # model control mode none: refused, as over gRPC
         reply = request(both.http_port, "POST", f"/v2/repository/models/no-such-model/{action}", b"", JSON)
-        if not hasattr(plane, f"{action}_model"):
-            assert reply.status == 400 and "model control is not enabled" in reply.json()["error"], reply.body
-        else:  # the data plane's own refusal (model control off here, or no such model)
-            assert reply.status in (400, 404, 503) and reply.json()["error"], reply.body
+        assert reply.status == 503 and "disabled in model control mode 'none'" in reply.json()["error"], reply.body
     reply = request(both.http_port, "POST", "/v2/repository/models/lenet5/load", b'{"parameters": {"config": 5}}', JSON)
     assert reply.status == 400, reply.body
     _still_serves(both, samples, repository)
