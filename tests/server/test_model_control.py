@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import tritonclient.grpc as tritonclient_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import numpy_helper
 from tritonclient.utils import InferenceServerException
 
@@ -160,6 +161,31 @@ def test_a_version_whose_output_changed_is_refused_by_its_self_test(tmp_path, sa
         assert info.version == 1 and info.selftest.startswith("passed (8 inputs on CPUExecutionProvider")
 
 
+def test_a_failed_version_under_the_latest_policy_leaves_the_old_one_serving(tmp_path, samples):
+    """No version_policy means the latest version only: a broken version 2 must not take version
+    1 (which the policy would drop) out of service."""
+    write_version(tmp_path, "lenet5", 1, seed=0)
+    config = repo.read_config(tmp_path / "lenet5")
+    config.ClearField("version_policy")
+    (tmp_path / "lenet5" / repo.CONFIG_NAME).write_text(repo.config_to_text(config))
+    with explicit(tmp_path, "lenet5") as running:
+        client = tritonclient_grpc.InferenceServerClient(url=running.address)
+        broken = tmp_path / "lenet5" / "2"
+        broken.mkdir()
+        (broken / repo.MODEL_FILENAME).write_bytes(b"truncated")
+        with pytest.raises(InferenceServerException, match="version 2: .*ONNX Runtime cannot load it"):
+            client.load_model("lenet5")
+        assert index_of(client)[("lenet5", "1")] == ("READY", "") and index_of(client)[("lenet5", "2")][0] == "UNAVAILABLE"
+        assert infer(client, "lenet5", samples["x"][:1]).get_response().model_version == "1"
+        shutil.rmtree(broken)
+        write_version(tmp_path, "lenet5", 2, seed=4)
+        config.ClearField("version_policy")
+        (tmp_path / "lenet5" / repo.CONFIG_NAME).write_text(repo.config_to_text(config))
+        client.load_model("lenet5")  # now 2 loads, and 1 (dropped by the policy) drains and goes
+        assert infer(client, "lenet5", samples["x"][:1]).get_response().model_version == "2"
+        wait_until(lambda: index_of(client)[("lenet5", "1")] == ("UNAVAILABLE", "unloaded"), "version 1 to leave")
+
+
 def test_start_up_with_a_corrupt_model(two_models):
     broken = two_models / "broken"
     shutil.copytree(two_models / "second", broken)
@@ -169,6 +195,10 @@ def test_start_up_with_a_corrupt_model(two_models):
     with ServerThread(settings(two_models, exit_on_error=False)) as running:
         client = tritonclient_grpc.InferenceServerClient(url=running.address)
         assert client.is_server_live() and not client.is_server_ready()  # strict readiness: broken does not serve
+        with grpc.insecure_channel(running.address) as channel:  # what an orchestrator's probe asks
+            overall = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT).status
+        assert overall == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert running.server.metrics.registry.get_sample_value("edgecnn_server_ready") == 0
         assert client.is_model_ready("lenet5") and client.is_model_ready("second") and not client.is_model_ready("broken")
         state, reason = index_of(client)[("broken", "1")]
         assert state == "UNAVAILABLE" and "ONNX Runtime cannot load it" in reason
