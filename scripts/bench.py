@@ -18,13 +18,18 @@ measures the same servers in the first --pa-rounds rounds, one run per server, c
 mode, alternating between the servers too; it also reads edgecnn's own breakdown of a request
 (ModelStatistics) into the report. Without perf_analyzer or its libraries (libb64-0d,
 nvidia-cuda-runtime-cu12: `make bench` installs them) those columns say why they are missing.
+Beside the four servers, in the same slices (each target with its own requests and steps,
+side_by_side.Measured): for --http-models the batching-off process over HTTP/REST too, binary
+tensor data and JSON (issue 14: c=1, 16, 64; perf_analyzer -i http), and for --workers-models
+`edgecnn serve --workers 1` and `--workers 2` (issue 15: c=64, each client process over
+--workers-connections gRPC connections, since SO_REUSEPORT balances connections; CPU only).
 Where a CUDA GPU is usable (nvidia-smi and ONNX Runtime's CUDAExecutionProvider), every leg runs
 again with --device cuda. Timing goals are reported as met / not met, never asserted
 (edgecnn/loadtest/bench_report.py). This script starts the servers and writes their model
 repositories; the measuring and the report are the package's.
 
-    python scripts/bench.py            # ~50 minutes on 2 cores
-    python scripts/bench.py --quick    # ~5 minutes: one round of 1 s steps
+    python scripts/bench.py            # ~45 minutes on 2 cores (5 rounds; perf_analyzer in 3)
+    python scripts/bench.py --quick    # ~6 minutes: one round of 1 s steps
 """
 
 from __future__ import annotations
@@ -45,10 +50,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without an install too
 
-from edgecnn.loadtest.bench_report import CUDA_SUFFIX, SERVERS, render, write_report, write_results  # noqa: E402
+from edgecnn.loadtest.bench_report import CUDA_SUFFIX, HTTP_TARGETS, SERVERS, WORKERS, render, write_report, write_results  # noqa: E402
 from edgecnn.loadtest import perf_analyzer as pa  # noqa: E402
 from edgecnn.loadtest.onnxruntime_in_process import bench_onnxruntime  # noqa: E402
-from edgecnn.loadtest.side_by_side import SliceSchedule, measure_side_by_side  # noqa: E402
+from edgecnn.loadtest.side_by_side import Measured, SliceSchedule, measure_side_by_side  # noqa: E402
 from edgecnn.loadtest.workload import Target, make_payloads  # noqa: E402
 from edgecnn.number_args import (  # noqa: E402
     NON_NEGATIVE_SECONDS, POSITIVE_SECONDS, float_arg, int_at_least, is_non_negative, is_positive, positive_ints,
@@ -117,7 +122,8 @@ def prepare_models(workdir: Path, names: list[str], log) -> list[BenchModel]:
 
 
 def server_command(kind: str, model: BenchModel, threads: int, delay_us: int, device: str) -> tuple[list[str], str]:
-    """The command line of one server kind, and the regex of its ready line (group 2: port)."""
+    """The command line of one server kind (SERVERS, WORKERS), and the regex of its ready line
+    (group 2: the gRPC port; edgecnn's group 4: its HTTP port)."""
     if kind in ("floor", "floor-inline"):
         cmd = [sys.executable, str(ROOT / "scripts" / "bench_floor_server.py"), "--model", str(model.onnx),
                "--name", model.name, "--port", "0", "--threads", str(threads), "--device", device]  # fmt: skip
@@ -128,13 +134,29 @@ def server_command(kind: str, model: BenchModel, threads: int, delay_us: int, de
     cmd = [sys.executable, "-m", "edgecnn.cli", "serve", "--repository", str(model.repository), "--host", "127.0.0.1",
            "--port", "0", "--metrics-port", "-1", "--http-port", "0", "--device", device, "--threads", str(threads),
            "--max-batch-size", "64", "--max-queue-delay-us", str(delay), "--log-level", "WARNING"]  # fmt: skip
+    if kind in WORKERS:
+        cmd += ["--workers", kind.removeprefix("workers-")]
     return cmd, READY_LINE.pattern
 
 
+@dataclass(frozen=True)
+class Listening:
+    grpc: str  # HOST:PORT
+    http: str | None  # http://HOST:PORT, for a server with an HTTP front end
+
+
 @contextmanager
-def running(cmd: list[str], ready: str, log_path: Path) -> Iterator[str]:
+def running(cmd: list[str], ready: str, log_path: Path) -> Iterator[Listening]:
     with open(log_path, "w") as stderr, ChildProcess(cmd, ready, READY_TIMEOUT_S, cwd=ROOT, stderr=stderr) as child:
-        yield f"127.0.0.1:{child.match.group(2)}"
+        groups = child.match.groups()
+        http = groups[3] if len(groups) >= 4 else None
+        yield Listening(f"127.0.0.1:{child.match.group(2)}", f"http://127.0.0.1:{http}" if http else None)
+
+
+def server_kinds(model: BenchModel, device: str, args: argparse.Namespace) -> list[str]:
+    """The servers of one model's rounds: SERVERS, and WORKERS where asked for (CPU only)."""
+    workers = model.name in args.workers_models and device == "cpu" and bool(args.workers_sweep) and args.workers_missing is None
+    return [*SERVERS, *(WORKERS if workers else ())]
 
 
 def measure_servers(
@@ -145,23 +167,40 @@ def measure_servers(
     server kind. With args.perf_analyzer, perf_analyzer measures them too in the first
     args.pa_rounds rounds: perf_analyzer_reports gets {kind: {mode: report}}."""
     schedule = SliceSchedule(args.concurrency, args.duration, args.warmup, args.slices, args.processes)
-    # Random float32 tensors of batch 1 (KServe V2 ModelInfer, raw_input_contents), for every server.
+    # Random float32 tensors of batch 1 (KServe V2 ModelInfer, raw_input_contents), for every gRPC target;
+    # the same tensors as KServe V2 REST bodies for the HTTP targets.
     payloads = make_payloads(Target("", model.name), INPUT_NAME, model.input_shape, batch_size=1)
+    http = model.name in args.http_models and bool(args.http_sweep)
+    http_payloads = {
+        kind: make_payloads(Target("http://h:1", model.name, protocol="http", http_body=kind.removeprefix("http-")), INPUT_NAME,
+                            model.input_shape, batch_size=1)
+        for kind in (HTTP_TARGETS if http else ())
+    }  # fmt: skip
+    kinds = server_kinds(model, device, args)
 
     @contextmanager
-    def fresh_servers(r: int) -> Iterator[dict[str, Target]]:
-        log(f"{model.name}: {', '.join(SERVERS)} ({device}), round {r + 1}/{args.rounds}")
+    def fresh_servers(r: int) -> Iterator[dict[str, Measured]]:
+        log(f"{model.name}: {', '.join(kinds)}{' (+ HTTP)' if http else ''} ({device}), round {r + 1}/{args.rounds}")
         with ExitStack() as stack:
             targets = {}
-            for kind in SERVERS:
+            for kind in kinds:
                 cmd, ready = server_command(kind, model, args.threads, args.batch_delay_us, device)
-                address = stack.enter_context(running(cmd, ready, args.workdir / f"{model.name}-{kind}-{device}-round{r + 1}.log"))
-                targets[kind] = Target(address, model.name)
+                listening = stack.enter_context(running(cmd, ready, args.workdir / f"{model.name}-{kind}-{device}-round{r + 1}.log"))
+                if kind in WORKERS:  # over several connections per client process: the kernel balances connections
+                    targets[kind] = Measured(Target(listening.grpc, model.name, connections=args.workers_connections), sweep=args.workers_sweep)
+                else:
+                    targets[kind] = Measured(Target(listening.grpc, model.name))
+                if kind == "batching-off" and http:  # the same process through its HTTP port
+                    if listening.http is None:
+                        raise RuntimeError(f"{model.name} {kind}: no HTTP port in its ready line")
+                    for http_kind, bodies in http_payloads.items():
+                        target = Target(listening.http, model.name, protocol="http", http_body=http_kind.removeprefix("http-"))
+                        targets[http_kind] = Measured(target, bodies, args.http_sweep)
             yield targets
 
     measured: dict[str, dict[str, dict[int, list[dict]]]] = {}
 
-    def with_perf_analyzer(r: int, targets: Mapping[str, Target]) -> None:
+    def with_perf_analyzer(r: int, targets: Mapping[str, Measured]) -> None:
         if args.perf_analyzer is None or r >= args.pa_rounds:
             return
         log(f"{model.name}: perf_analyzer ({', '.join(args.pa_modes)}) ({device}), round {r + 1}/{min(args.pa_rounds, args.rounds)}")
@@ -176,10 +215,19 @@ def measure_servers(
     if perf_analyzer_reports is not None:
         for kind, by_mode in measured.items():
             perf_analyzer_reports[kind] = {
-                mode: {"tool": pa.TOOL, "client": pa.client_name(mode), "steps": [pa.pool_rows(by_c[c]) for c in args.concurrency]}
+                mode: {"tool": pa.TOOL, "client": pa.client_name(mode), "steps": [pa.pool_rows(by_c[c]) for c in args.concurrency if c in by_c]}
                 for mode, by_c in by_mode.items()
             }
     return reports
+
+
+def serve_lacks_workers() -> str | None:
+    """Why `edgecnn serve --workers N` cannot be measured here, or None when it can."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "edgecnn.cli", "serve", "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"edgecnn serve --help did not run: {exc}"
+    return None if "--workers" in done.stdout else "edgecnn serve has no --workers option"
 
 
 # --- the machine ---------------------------------------------------------------------------------
@@ -214,7 +262,8 @@ def machine() -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one round of 1 s steps, 0.5 s warm-up")
-    parser.add_argument("--rounds", type=int_at_least(1), default=6, help="rounds, each with fresh server processes; pooled")
+    parser.add_argument("--rounds", type=int_at_least(1), default=5,
+                        help="rounds, each with fresh server processes; pooled (5: the whole run ~45 minutes on 2 cores)")
     parser.add_argument("--duration", type=float_arg(is_positive, POSITIVE_SECONDS), default=4.0,
                         help="measured seconds per step, server and round (at 2 s, rounds of one server varied by up to 20%%)")
     parser.add_argument("--slices", type=int_at_least(1), default=2,
@@ -226,6 +275,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for every server")
     parser.add_argument("--processes", type=int_at_least(1), default=2, help="load-test client processes")
     parser.add_argument("--batch-delay-us", type=int, default=500, help="edgecnn's max queue delay with batching on")
+    parser.add_argument("--http-models", default="lenet5,mobilenet-v2",
+                        help="models whose batching-off process is measured over HTTP/REST too, binary and JSON ('': none)")
+    parser.add_argument("--http-concurrency", type=positive_ints, default="1,16,64",
+                        help="the HTTP targets' steps (those of --concurrency)")
+    parser.add_argument("--workers-models", default="lenet5",
+                        help="models served by `edgecnn serve --workers 1` and `--workers 2` too, CPU only ('': none)")
+    parser.add_argument("--workers-concurrency", type=positive_ints, default="64", help="the workers servers' steps (those of --concurrency)")
+    parser.add_argument("--workers-connections", type=int_at_least(1), default=4,
+                        help="gRPC connections per client process to the workers servers (SO_REUSEPORT balances connections)")
     parser.add_argument("--pa-rounds", type=int_at_least(0), default=3, help="rounds in which perf_analyzer measures every server too "
                         "(the first ones; 0: no perf_analyzer)")
     parser.add_argument("--pa-modes", default="sync,async", help="perf_analyzer's modes: sync and/or async")
@@ -249,6 +307,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if set(args.pa_modes) - set(pa.MODES) or not args.pa_modes:
         parser.error(f"--pa-modes {','.join(args.pa_modes)}: expected sync and/or async")
     args.perf_analyzer = None  # main() locates it
+    args.workers_missing = None  # main() says why when `edgecnn serve` has no --workers
+    for flag in ("http_models", "workers_models"):
+        names = [name for name in getattr(args, flag).split(",") if name]
+        if set(names) - set(MODELS):
+            parser.error(f"--{flag.replace('_', '-')}: unknown models {sorted(set(names) - set(MODELS))}")
+        setattr(args, flag, names)
+    # The extra targets' steps: those of the sweep (a sweep without them measures none).
+    args.http_sweep = tuple(c for c in args.concurrency if c in args.http_concurrency)
+    args.workers_sweep = tuple(c for c in args.concurrency if c in args.workers_concurrency)
     args.devices = args.devices.split(",") if args.devices else ["cpu", "cuda"] if cuda_usable() else ["cpu"]
     if set(args.devices) - {"cpu", "cuda"} or not args.devices:
         parser.error(f"--devices {','.join(args.devices)}: expected cpu and/or cuda")
@@ -287,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads, "processes": args.processes, "batch_delay_us": args.batch_delay_us, "callers": callers,
             "rounds": args.rounds, "slices": args.slices,
             "devices": devices,
+            "http": {"models": [m for m in args.http_models if m in args.models.split(",")] if args.http_sweep else [],
+                     "concurrency": list(args.http_sweep)},
+            "workers": {"models": [m for m in args.workers_models if m in args.models.split(",")] if args.workers_sweep and "cpu" in devices else [],
+                        "concurrency": list(args.workers_sweep), "connections_per_process": args.workers_connections,
+                        "connections": args.workers_connections * args.processes, "missing": None},
             "perf_analyzer": {"rounds": min(args.pa_rounds, args.rounds), "modes": args.pa_modes,
                               "interval_ms": args.pa_interval_ms, "stability_percent": args.pa_stability},
         },  # fmt: skip
@@ -307,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
             log(f"no perf_analyzer figures: {exc}")
     else:
         results["perf_analyzer_missing"] = "not asked for (--pa-rounds 0)"
+    if results["settings"]["workers"]["models"]:
+        args.workers_missing = results["settings"]["workers"]["missing"] = serve_lacks_workers()
+        if args.workers_missing:
+            log(f"no --workers rows: {args.workers_missing}")
     saved = args.workdir / "results.json"
     models = prepare_models(args.workdir, args.models.split(","), log)
     for model in models:

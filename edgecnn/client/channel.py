@@ -4,7 +4,9 @@ for servers started with --tls-client-ca), for the sync client and the asyncio l
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -51,11 +53,17 @@ def open_channel(
 
 
 def open_aio_channel(
-    server: str, tls_ca: PathLike | None = None, tls_cert: PathLike | None = None, tls_key: PathLike | None = None
+    server: str,
+    tls_ca: PathLike | None = None,
+    tls_cert: PathLike | None = None,
+    tls_key: PathLike | None = None,
+    options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Channel:
     target = parse_server(server)
     credentials = channel_credentials(tls_ca, tls_cert, tls_key)
-    return grpc.aio.insecure_channel(target) if credentials is None else grpc.aio.secure_channel(target, credentials)
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options)
 
 
 def add_connection_args(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,20 @@ SERVERS = {
     "batching-on": "edgecnn serve, batching on",
 }
 FLOORS = ("floor", "floor-inline")  # edgecnn is judged against the faster (results before floor-inline: floor alone)
+# Issue 14: the batching-off process over HTTP/REST too (its own HTTP port), measured beside its gRPC.
+HTTP_TARGETS = {
+    "http-binary": "edgecnn serve, batching off (the batching-off process) over HTTP/REST, binary tensor data",
+    "http-json": "edgecnn serve, batching off (the batching-off process) over HTTP/REST, JSON tensors",
+}
+GRPC_OF_HTTP = "batching-off"  # the HTTP targets' process, over gRPC
+HTTP_SHARE = 0.8  # HTTP binary's req/s at c=64 >= this share of gRPC's
+# Issue 15: `edgecnn serve --workers N` (batching off), over several client connections.
+WORKERS = {
+    "workers-1": "edgecnn serve --workers 1, batching off",
+    "workers-2": "edgecnn serve --workers 2 (two processes on one port, SO_REUSEPORT), batching off",
+}
+WORKERS_OVER_ONE, WORKERS_OVER_FLOOR = 1.3, 1.2  # --workers 2 against --workers 1 and the faster floor, at c=64
+WORKERS_JUDGED_MODES = ("sync",)  # perf_analyzer's modes with >= 4 connections at c=64 (sync: 11; --async: 3)
 LOADTEST = "edgecnn loadtest"
 # perf_analyzer's goals (issue 15): tighter than the load tester's, whose client costs more per request.
 PA_SHARE, PA_LATENCY = 0.9, 1.05
@@ -42,8 +56,11 @@ def targets(results: dict) -> list[tuple[str, str, bool]]:
     rows = []
     for model, servers in results["servers"].items():
         for device in results["settings"]["devices"]:
+            pa_servers = results.get("perf_analyzer", {}).get(model, {})
             rows += _server_targets(model, device, servers)
-            rows += _perf_analyzer_targets(model, device, results.get("perf_analyzer", {}).get(model, {}))
+            rows += _perf_analyzer_targets(model, device, pa_servers)
+            rows += _http_targets(model, device, servers, pa_servers, results["settings"].get("http"))
+            rows += _workers_targets(model, device, servers, pa_servers, results["settings"].get("workers"))
     errors = sum(sum(s["errors"].values()) for servers in results["servers"].values() for r in servers.values() for s in r["steps"])
     pa_errors = sum(sum(s["errors"].values()) for s in _perf_analyzer_steps(results))
     pa_text = f" ({LOADTEST}), {pa_errors} failed perf_analyzer runs" if _perf_analyzer_steps(results) else ""
@@ -129,6 +146,67 @@ def _floor_goals(label: str, floors: dict[str, dict[int, dict]], off: dict[int, 
     return rows
 
 
+def _clients(servers: dict[str, dict], pa_servers: dict[str, dict], kind: str, modes: tuple[str, ...] | None = None) -> list[tuple[str, dict]]:
+    """(client, {server kind: report}) for the load tester and each perf_analyzer mode that
+    measured `kind` (of `modes`, None: all)."""
+    out = [(LOADTEST, servers)]
+    for mode, report in pa_servers.get(kind, {}).items():
+        if modes is None or mode in modes:
+            out.append((report.get("client", mode), {k: by_mode[mode] for k, by_mode in pa_servers.items() if mode in by_mode}))
+    return out
+
+
+def _req_per_s_at(report: dict | None, concurrency: int) -> float | None:
+    step = by_concurrency(report).get(concurrency) if report else None
+    return step["req_per_s"] if step else None
+
+
+def _http_targets(model: str, device: str, servers: dict, pa_servers: dict, http: dict | None) -> list[tuple[str, str, bool]]:
+    """Issue 14: HTTP binary's req/s at c=64 >= HTTP_SHARE of gRPC's (the same process), per client."""
+    if not http or model not in http.get("models", []):
+        return []
+    suffix = "" if device == "cpu" else CUDA_SUFFIX
+    name, top = model + suffix, TOP_CONCURRENCY
+    rows = []
+    for client, reports in _clients(servers, pa_servers, "http-binary" + suffix):
+        goal = f"{name} [{client}]: HTTP binary reaches >= {HTTP_SHARE:.0%} of gRPC's req/s at c={top}"
+        mine, base = (_req_per_s_at(reports.get(k + suffix), top) for k in ("http-binary", GRPC_OF_HTTP))
+        if mine is None or base is None:
+            rows.append((goal, f"not measured ({'no HTTP rows' if 'http-binary' + suffix not in reports else f'no c={top}'})", False))
+            continue
+        ratio = _ratio(mine, base)
+        rows.append((goal, f"{mine:.0f} vs {base:.0f} req/s (gRPC, {GRPC_OF_HTTP}) = {_pct(ratio)}", ratio is not None and ratio >= HTTP_SHARE))
+    return rows
+
+
+def _workers_targets(model: str, device: str, servers: dict, pa_servers: dict, workers: dict | None) -> list[tuple[str, str, bool]]:
+    """Issue 15: at c=64 over several connections, --workers 2 >= WORKERS_OVER_ONE x --workers 1
+    and >= WORKERS_OVER_FLOOR x the faster floor (the one with more req/s there), per client with
+    enough connections (the load tester; perf_analyzer sync)."""
+    if not workers or model not in workers.get("models", []) or device != "cpu":
+        return []
+    top = TOP_CONCURRENCY
+    goals = (f"{model} [{{client}}]: --workers 2 >= {WORKERS_OVER_ONE:g}x --workers 1's req/s at c={top}{{over}}",
+             f"{model} [{{client}}]: --workers 2 >= {WORKERS_OVER_FLOOR:g}x the faster floor's req/s at c={top}{{over}}")  # fmt: skip
+    if workers.get("missing"):
+        return [(goal.format(client=LOADTEST, over=""), f"not measured ({workers['missing']})", False) for goal in goals]
+    rows = []
+    for client, reports in _clients(servers, pa_servers, "workers-2", WORKERS_JUDGED_MODES):
+        over = f" ({workers['connections']} client connections)" if client == LOADTEST else ""
+        two, one = (_req_per_s_at(reports.get(k), top) for k in ("workers-2", "workers-1"))
+        floors = {k: v for k in FLOORS if (v := _req_per_s_at(reports.get(k), top))}
+        fastest = max(floors, key=floors.get) if floors else None
+        for goal, base, label, share in ((goals[0], one, "workers-1", WORKERS_OVER_ONE),
+                                          (goals[1], floors.get(fastest), fastest, WORKERS_OVER_FLOOR)):  # fmt: skip
+            goal = goal.format(client=client, over=over)
+            if two is None or base is None:
+                rows.append((goal, f"not measured (no c={top} figures)", False))
+                continue
+            ratio = _ratio(two, base)
+            rows.append((goal, f"{two:.0f} vs {base:.0f} req/s ({label}) = {_times(ratio)}", ratio is not None and ratio >= share))
+    return rows
+
+
 def _pct(ratio: float | None) -> str:
     return "n/a" if ratio is None else f"{ratio:.1%}"
 
@@ -148,12 +226,12 @@ def _client_method(s: dict) -> list[str]:
         f"- Client: the `edgecnn loadtest` library, {s['processes']} client processes, closed loop at concurrency "
         f"{s['concurrency']}, batch 1, random float32 tensors (KServe V2 ModelInfer, raw_input_contents). Latencies "
         "are end to end at the client, from HDR histograms.",
-        f"- {s['rounds']} round(s). Each starts a fresh process of all three servers, up together (idle but for the "
+        f"- {s['rounds']} round(s). Each starts a fresh process of every server, up together (idle but for the "
         f"one measured), and measures every concurrency step for {s['duration']} s per server in {s['slices']} "
         f"slice(s) of {s['duration'] / s['slices']:g} s, each after a {s['warmup']} s warm-up, that alternate "
-        "between the servers, the order rotating each slice: drift of the machine over a step hits the three "
-        "alike. A table row pools every slice of every round (requests over total time, percentiles of the merged "
-        "histograms) and lists each round's req/s, which shows the run-to-run noise.",
+        "between the servers (and targets) measured at that step, the order rotating each slice: drift of the "
+        "machine over a step hits them all alike. A table row pools every slice of every round (requests over total "
+        "time, percentiles of the merged histograms) and lists each round's req/s, which shows the run-to-run noise.",
     ]
 
 
@@ -199,6 +277,8 @@ def write_markdown(results: dict, path: Path, plot_name: str | None) -> None:
         "with a session of its own (server/shapes.py).",
         *_client_method(s),
         *_perf_analyzer_method(results),
+        *_http_method(s),
+        *_workers_method(s),
         "",
         "## Models",
         "",
@@ -236,6 +316,8 @@ def write_markdown(results: dict, path: Path, plot_name: str | None) -> None:
                              "/".join(f"{c:.0%}" for c in step["client_cpu"]) + (" saturated" if step["client_saturated"] else "")])  # fmt: skip
         out += [f"### {name}", "", _md_table(["server", "concurrency", "req/s", "req/s per round", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "client CPU per process"], rows), ""]
     out += _perf_analyzer_sections(results)
+    out += _http_section(results)
+    out += _workers_section(results)
     out += ["## Targets", "", f"Measured, not asserted. The client of each goal is in brackets: [{LOADTEST}] or "
             "[perf_analyzer (sync|async)].", ""]
     out.append(_md_table(["goal", "measured", "met"], [[g, v, "met" if ok else "**not met**"] for g, v, ok in results["targets"]]))
@@ -245,6 +327,40 @@ def write_markdown(results: dict, path: Path, plot_name: str | None) -> None:
     if plot_name:
         out += ["", f"![throughput and latency per server]({plot_name})", "", f"The plot shows the `{LOADTEST}` figures."]
     path.write_text("\n".join(out) + "\n")
+
+
+def _http_method(s: dict) -> list[str]:
+    http = s.get("http")
+    if not http or not http.get("models"):
+        return []
+    return [
+        f"- **HTTP/REST** (issue 14; {', '.join(http['models'])}): the batching-off process is also measured through its "
+        "HTTP port (`--http-port 0`), as **http-binary** (KServe V2 REST with the binary tensor data extension: "
+        "`edgecnn loadtest --protocol http --http-body binary`; perf_analyzer `-i http --input-tensor-format binary "
+        "--output-tensor-format binary`) and **http-json** (JSON tensors both ways: `--http-body json`; perf_analyzer's "
+        f"`json` formats), at concurrency {', '.join(map(str, http['concurrency']))}, in the same alternating slices as "
+        "the servers (an HTTP target's requests are its own REST bodies, made once). Its gRPC figures are batching-off's "
+        "own rows: one process, one copy of the model, three ways in. aiohttp's client opens a keep-alive connection "
+        "per request in flight.",
+    ]
+
+
+def _workers_method(s: dict) -> list[str]:
+    workers = s.get("workers")
+    if not workers or not workers.get("models"):
+        return []
+    if workers.get("missing"):
+        return [f"- **--workers** (issue 15): not measured in this run ({workers['missing']})."]
+    return [
+        f"- **workers-1** / **workers-2** (issue 15; {', '.join(workers['models'])}, CPU only): `edgecnn serve --workers 1` / "
+        "`--workers 2` (batching off, otherwise as batching-off): worker processes sharing the port through "
+        "SO_REUSEPORT, which balances connections, not requests. Measured at concurrency "
+        f"{', '.join(map(str, workers['concurrency']))} only, each client process over "
+        f"{workers['connections_per_process']} gRPC connections of its own ({workers['connections']} in all), its "
+        "requests in turn over them; in the same alternating slices. perf_analyzer (sync) opens a gRPC connection per "
+        "6 concurrent contexts (11 at c=64, counted with `ss` here), `--async` about 3 in all: the workers goals are "
+        "judged with the load tester and perf_analyzer (sync).",
+    ]
 
 
 def _perf_analyzer_method(results: dict) -> list[str]:
@@ -309,6 +425,81 @@ def _perf_analyzer_sections(results: dict) -> list[str]:
             "",
         ]
     return out
+
+
+def _http_section(results: dict) -> list[str]:
+    """gRPC vs HTTP binary vs HTTP JSON per model, device and client: req/s (and its share of gRPC's), p50, p99."""
+    http = results["settings"].get("http")
+    if not http or not http.get("models"):
+        return []
+    rows = []
+    for model in http["models"]:
+        servers = results["servers"].get(model, {})
+        pa_servers = results.get("perf_analyzer", {}).get(model, {})
+        for device in results["settings"]["devices"]:
+            suffix = "" if device == "cpu" else CUDA_SUFFIX
+            for client, reports in _clients(servers, pa_servers, "http-binary" + suffix):
+                if not any(kind + suffix in reports for kind in HTTP_TARGETS):
+                    continue
+                grpc = by_concurrency(reports[GRPC_OF_HTTP + suffix]) if GRPC_OF_HTTP + suffix in reports else {}
+                for c in http["concurrency"]:
+                    for kind, label in ((GRPC_OF_HTTP, "gRPC"), ("http-binary", "HTTP binary"), ("http-json", "HTTP JSON")):
+                        step = by_concurrency(reports[kind + suffix]).get(c) if kind + suffix in reports else None
+                        if step is None:
+                            continue
+                        share = _pct(_ratio(step["req_per_s"], grpc[c]["req_per_s"])) if c in grpc else "n/a"
+                        lat = step["latency_ms"]
+                        rows.append([model + suffix, client, str(c), label, f"{step['req_per_s']:.0f}", share, ms_text(lat.get("p50")),
+                                     ms_text(lat.get("p99")), str(sum(step["errors"].values()))])  # fmt: skip
+    if not rows:
+        return []
+    return [
+        "## edgecnn over gRPC and HTTP/REST (issue 14)",
+        "",
+        f"The batching-off process over gRPC (its own rows above) and over HTTP: binary tensor data and JSON tensors. "
+        f"Target: HTTP binary at c={TOP_CONCURRENCY} >= {HTTP_SHARE:.0%} of gRPC's req/s.",
+        "",
+        _md_table(["model", "client", "concurrency", "protocol", "req/s", "of gRPC's req/s", "p50 ms", "p99 ms", "errors"], rows),
+        "",
+    ]
+
+
+def _workers_section(results: dict) -> list[str]:
+    """--workers 2 vs --workers 1 vs the floors at the workers' concurrency, per client."""
+    workers = results["settings"].get("workers")
+    if not workers or not workers.get("models") or workers.get("missing"):
+        return []
+    rows = []
+    for model in workers["models"]:
+        servers = results["servers"].get(model, {})
+        pa_servers = results.get("perf_analyzer", {}).get(model, {})
+        for client, reports in _clients(servers, pa_servers, "workers-2"):
+            one = by_concurrency(reports["workers-1"]) if "workers-1" in reports else {}
+            for c in workers["concurrency"]:
+                floors = {k: by_concurrency(reports[k])[c]["req_per_s"] for k in FLOORS if k in reports and c in by_concurrency(reports[k])}
+                fastest = max(floors, key=floors.get) if floors else None
+                for kind in (*FLOORS, "batching-off", *WORKERS):
+                    step = by_concurrency(reports[kind]).get(c) if kind in reports else None
+                    if step is None:
+                        continue
+                    over_one = _times(_ratio(step["req_per_s"], one[c]["req_per_s"])) if c in one else "n/a"
+                    over_floor = _times(_ratio(step["req_per_s"], floors[fastest])) if fastest else "n/a"
+                    lat = step["latency_ms"]
+                    rows.append([model, client, kind, str(c), f"{step['req_per_s']:.0f}", over_one, over_floor, ms_text(lat.get("p50")),
+                                 ms_text(lat.get("p99")), str(sum(step["errors"].values()))])  # fmt: skip
+    if not rows:
+        return []
+    return [
+        "## edgecnn serve --workers (issue 15)",
+        "",
+        f"At c={', '.join(map(str, workers['concurrency']))}: the load tester over {workers['connections']} client "
+        f"connections ({workers['connections_per_process']} per client process), perf_analyzer over its own (sync: 11, "
+        f"--async: about 3). Targets: --workers 2 >= {WORKERS_OVER_ONE:g}x --workers 1 and >= {WORKERS_OVER_FLOOR:g}x "
+        "the faster floor, client and servers on the same CPUs.",
+        "",
+        _md_table(["model", "client", "server", "concurrency", "req/s", "x workers-1", "x faster floor", "p50 ms", "p99 ms", "errors"], rows),
+        "",
+    ]
 
 
 def write_plot(results: dict, path: Path) -> bool:

@@ -1,5 +1,6 @@
 """Triton's perf_analyzer, the field's reference load tester (C++), run against any KServe V2 gRPC
-server and read into the rows of `edgecnn loadtest`'s reports.
+server (or over HTTP/REST, `-i http`, binary or JSON tensors) and read into the rows of
+`edgecnn loadtest`'s reports.
 
 The `tritonclient` wheel installs `perf_analyzer` beside the interpreter (the venv's bin/). On
 Debian it also needs `libb64.so.0d` (package `libb64-0d`) and `libcudart.so.12` (PyPI
@@ -30,11 +31,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .side_by_side import rotated
+from .side_by_side import Measured, rotated
 from .workload import Target
 
 TOOL = "perf_analyzer"
 MODES = ("sync", "async")
+PROTOCOLS = ("grpc", "http")
+TENSOR_FORMATS = ("binary", "json")  # over HTTP: as the load tester's --http-body
 BINARY = "perf_analyzer"
 CUDART_PACKAGE = "nvidia-cuda-runtime-cu12"
 LIBB64_PACKAGE = "libb64-0d"
@@ -132,14 +135,28 @@ def command(
     stability_percent: float | None = None,
     max_trials: int | None = None,
     extra: Sequence[str] = (),
+    protocol: str = "grpc",
+    tensor_format: str = "binary",
 ) -> list[str]:
+    """The command line of one run. `server`: HOST:PORT, or over HTTP also an http:// URL;
+    `tensor_format` (HTTP only): binary tensor data or JSON, for inputs and outputs alike."""
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    if tensor_format not in TENSOR_FORMATS:
+        raise ValueError(f"tensor format {tensor_format!r}: expected one of {', '.join(TENSOR_FORMATS)}")
     low, high = concurrency
     if not 1 <= low <= high:
         raise ValueError(f"concurrency range {low}:{high}: expected 1 <= A <= B")
-    cmd = [str(pa.binary), "-m", model, "-i", "grpc", "-u", server, "-b", str(batch_size),
+    if protocol == "http":
+        if server.startswith("https://"):
+            raise ValueError(f"server {server}: the bench's perf_analyzer runs speak plain HTTP only")
+        server = server.removeprefix("http://")
+    cmd = [str(pa.binary), "-m", model, "-i", protocol, "-u", server, "-b", str(batch_size),
            "--concurrency-range", f"{low}:{high}", "--measurement-interval", str(interval_ms), "-f", str(csv_path)]  # fmt: skip
+    if protocol == "http":
+        cmd += ["--input-tensor-format", tensor_format, "--output-tensor-format", tensor_format]
     if mode == "async":
         cmd.append("--async")
     else:
@@ -163,12 +180,15 @@ def run(
     max_trials: int | None = None,
     timeout_s: float | None = None,
     extra: Sequence[str] = (),
+    protocol: str = "grpc",
+    tensor_format: str = "binary",
 ) -> list[dict]:
     """One perf_analyzer run over `concurrency` (A, B: every level from A to B); a row per level
     in `edgecnn loadtest`'s step format. PerfAnalyzerError when it did not finish."""
     with tempfile.TemporaryDirectory(prefix="perf_analyzer-") as tmp:
         csv_path = Path(tmp) / "results.csv"
-        cmd = command(pa, model, server, concurrency, interval_ms, csv_path, mode, batch_size, stability_percent, max_trials, extra)
+        cmd = command(pa, model, server, concurrency, interval_ms, csv_path, mode, batch_size, stability_percent, max_trials, extra,
+                      protocol, tensor_format)  # fmt: skip
         try:
             done = subprocess.run(cmd, env=pa.env, cwd=tmp, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -308,7 +328,7 @@ def pool_rows(rows: list[dict]) -> dict:
 
 def measure_round(
     pa: PerfAnalyzer,
-    targets: Mapping[str, Target],
+    targets: Mapping[str, Target | Measured],
     sweep: Sequence[int],
     round_index: int,
     modes: Sequence[str] = MODES,
@@ -317,21 +337,26 @@ def measure_round(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, dict[int, dict]]]:
     """One round of perf_analyzer over servers that are up together: per concurrency and mode one
-    run per server, the servers in an order that rotates each time (as the load tester's slices:
-    side_by_side.py), so drift of the machine hits them alike. {server: {mode: {concurrency: row}}};
-    a run that fails is a row with its message as an error (failed_row)."""
-    names = list(targets)
-    measured: dict[str, dict[str, dict[int, dict]]] = {name: {mode: {} for mode in modes} for name in names}
+    run per target measured there (a Measured's own sweep; over its protocol: gRPC, or HTTP with
+    its body's tensor format), the targets in an order that rotates each time (as the load
+    tester's slices: side_by_side.py), so drift of the machine hits them alike.
+    {target: {mode: {concurrency: row}}}; a run that fails is a row with its message as an error
+    (failed_row)."""
+    measured_at = {name: t if isinstance(t, Measured) else Measured(t) for name, t in targets.items()}
+    measured: dict[str, dict[str, dict[int, dict]]] = {name: {mode: {} for mode in modes} for name in targets}
     turn = round_index * len(sweep) * len(modes)
     # Per run: about 3 windows (perf_analyzer's stabilization with the default stability), and time to start.
     timeout_s = 60 + 20 * interval_ms / 1000
     for c in sweep:
+        names = [name for name, m in measured_at.items() if m.at(c)]
+        if not names:
+            continue
         for mode in modes:
             for name in rotated(names, turn):
-                target = targets[name]
+                target = measured_at[name].target
                 try:
-                    (row,) = run(pa, target.model, target.server, (c, c), interval_ms, mode,
-                                 stability_percent=stability_percent, timeout_s=timeout_s)  # fmt: skip
+                    (row,) = run(pa, target.model, target.server, (c, c), interval_ms, mode, stability_percent=stability_percent,
+                                 timeout_s=timeout_s, protocol=target.protocol, tensor_format=target.http_body)  # fmt: skip
                 except PerfAnalyzerError as exc:
                     row = failed_row(c, mode, str(exc))
                 measured[name][mode][c] = row

@@ -3,7 +3,8 @@ every step of a closed-loop sweep measured in short slices that alternate betwee
 rotating each slice, so that a neighbour's burst or a drift of the machine hits them all alike.
 (Measured one after another, a whole sweep each, two identical configurations read 7% apart.)
 One pool of client processes loads every server; a step pools its slices, and a report's step
-pools its rounds (its `runs`)."""
+pools its rounds (its `runs`). Each measured target may carry its own requests (an HTTP target
+its REST bodies beside gRPC's ModelInfer messages) and its own part of the sweep (Measured)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,25 @@ from .workload import Target
 
 TOOL = "edgecnn loadtest"
 
+
+@dataclass(frozen=True)
+class Measured:
+    """One measured target: where it is and how it is called (its protocol: Target), the
+    requests it is sent (None: measure_side_by_side's shared ones) and the concurrencies of the
+    schedule's sweep it is measured at (None: all of them)."""
+
+    target: Target
+    payloads: list[bytes] | None = None
+    sweep: tuple[int, ...] | None = None
+
+    def at(self, concurrency: int) -> bool:
+        return self.sweep is None or concurrency in self.sweep
+
+
 # Round r's servers, brought up (fresh processes, say) for the round and stopped after it, as
-# their targets by name; every round names the same servers.
-RoundServers = Callable[[int], AbstractContextManager[Mapping[str, Target]]]
+# their targets by name (a bare Target: measured with the shared requests over the whole sweep);
+# every round names the same targets.
+RoundServers = Callable[[int], AbstractContextManager[Mapping[str, Target | Measured]]]
 
 
 @dataclass(frozen=True)
@@ -47,36 +64,65 @@ class SliceSchedule:
                     warmup_s=self.warmup_s, processes=self.processes)  # fmt: skip
 
 
+def as_measured(targets: Mapping[str, Target | Measured], schedule: SliceSchedule, payloads: list[bytes] | None) -> dict[str, Measured]:
+    """Every target as a Measured with its requests; ValueError for one without requests or
+    with concurrencies the schedule's sweep lacks."""
+    out = {}
+    for name, target in targets.items():
+        m = target if isinstance(target, Measured) else Measured(target)
+        if m.payloads is None:
+            if payloads is None:
+                raise ValueError(f"{name}: no requests of its own and none shared")
+            m = replace(m, payloads=payloads)
+        if m.sweep is not None and (not m.sweep or set(m.sweep) - set(schedule.sweep)):
+            raise ValueError(f"{name}: concurrency {list(m.sweep)}: expected some of the sweep's {list(schedule.sweep)}")
+        out[name] = m
+    return out
+
+
 def measure_side_by_side(
     servers: RoundServers,
     rounds: int,
     schedule: SliceSchedule,
-    payloads: list[bytes],
+    payloads: list[bytes] | None = None,
     log: Callable[[str], None] | None = None,
-    each_round: Callable[[int, Mapping[str, Target]], None] | None = None,
+    each_round: Callable[[int, Mapping[str, Measured]], None] | None = None,
 ) -> dict[str, dict]:
-    """`rounds` rounds, each over the servers that `servers(r)` gives for it, every step measured
-    in alternating slices (measure_step). Per server a report like `edgecnn loadtest`'s: a step
-    per concurrency, pooled over its slices and rounds, with each round's req/s and p50 in `runs`.
-    `log` gets a line per step and round; `each_round(r, targets)` runs after round r's sweep while
-    its servers are still up (the bench measures them with perf_analyzer there)."""
+    """`rounds` rounds, each over the targets that `servers(r)` gives for it, every step measured
+    in alternating slices between the targets measured at its concurrency (measure_step); a
+    target is sent its own requests, or else `payloads`. Per target a report like `edgecnn
+    loadtest`'s: a step per concurrency it is measured at, pooled over its slices and rounds, with
+    each round's req/s and p50 in `runs`. `log` gets a line per step and round;
+    `each_round(r, targets)` runs after round r's sweep while its servers are still up (the bench
+    measures them with perf_analyzer there), given every target as a Measured."""
     if rounds < 1:
         raise ValueError(f"rounds {rounds}: expected >= 1")
     measured: dict[str, dict[int, list[dict]]] = {}
+    first: dict[str, tuple[int, ...] | None] = {}
     with WorkerPool(schedule.processes) as pool:
         for r in range(rounds):
             with servers(r) as targets:
-                if measured and set(targets) != set(measured):
-                    raise ValueError(f"round {r + 1} has servers {sorted(targets)}; round 1 had {sorted(measured)}")
-                plans = {name: schedule.plan(target, payloads) for name, target in targets.items()}
+                if first and set(targets) != set(first):
+                    raise ValueError(f"round {r + 1} has servers {sorted(targets)}; round 1 had {sorted(first)}")
+                round_targets = as_measured(targets, schedule, payloads)
+                for name, m in round_targets.items():
+                    if first.setdefault(name, m.sweep) != m.sweep:
+                        raise ValueError(f"round {r + 1} measures {name} at {m.sweep}; round 1 at {first[name]}")
+                plans = {name: schedule.plan(m.target, m.payloads) for name, m in round_targets.items()}
                 for c in schedule.sweep:
-                    for name, step in measure_step(plans, c, r, schedule.slices, pool).items():
+                    at_c = {name: plan for name, plan in plans.items() if round_targets[name].at(c)}
+                    if not at_c:
+                        continue
+                    for name, step in measure_step(at_c, c, r, schedule.slices, pool).items():
                         measured.setdefault(name, {}).setdefault(c, []).append(step)
                     if log:
-                        log(f"  c={c}: " + ", ".join(f"{name} {measured[name][c][-1]['req_per_s']:.0f} req/s" for name in plans))
+                        log(f"  c={c}: " + ", ".join(f"{name} {measured[name][c][-1]['req_per_s']:.0f} req/s" for name in at_c))
                 if each_round is not None:
-                    each_round(r, targets)
-    return {name: {"tool": TOOL, "steps": [pool_steps(by_step[c]) for c in schedule.sweep]} for name, by_step in measured.items()}
+                    each_round(r, round_targets)
+    return {
+        name: {"tool": TOOL, "steps": [pool_steps(measured[name][c]) for c in schedule.sweep if c in measured.get(name, {})]}
+        for name in first
+    }
 
 
 def rotated(names: list[str], turn: int) -> list[str]:

@@ -4,6 +4,8 @@ shares side by side (--processes P) so a single Python process does not cap the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import multiprocessing as mp
 import time
 import traceback
@@ -69,14 +71,27 @@ async def _run(spec: WorkerSpec, slots: Slots, index: int) -> WorkerResult:
         async with http_call(target) as call:
             await asyncio.sleep(max(0.0, spec.start_at - time.time()))
             return await measure(spec, call, slots.setter(index))
-    async with target.aio_channel() as channel:
+    async with contextlib.AsyncExitStack() as stack:
+        own = target.connections > 1
+        channels = [await stack.enter_async_context(target.aio_channel(own_connection=own)) for _ in range(target.connections)]
         try:
-            await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
+            await asyncio.wait_for(asyncio.gather(*(channel.channel_ready() for channel in channels)), CONNECT_TIMEOUT_S)
         except TimeoutError:
             pass  # every request will fail and be counted with its status code
-        call = channel.unary_unary(target.method)  # bytes in, bytes out: no protobuf work here
+        calls = [channel.unary_unary(target.method) for channel in channels]  # bytes in, bytes out: no protobuf work here
+        call = calls[0] if len(calls) == 1 else in_turn(calls)
         await asyncio.sleep(max(0.0, spec.start_at - time.time()))
         return await measure(spec, call, slots.setter(index))
+
+
+def in_turn(calls: list[Call]) -> Call:
+    """One call that sends each request through the next of `calls` (one per connection)."""
+    turn = itertools.cycle(calls)
+
+    def call(payload: bytes, **kwargs: Any) -> Any:
+        return next(turn)(payload, **kwargs)
+
+    return call
 
 
 async def measure(spec: WorkerSpec, call: Call, progress: Callable[[int, int], None]) -> WorkerResult:

@@ -38,6 +38,10 @@ class Target:
     tls_key: str | None = None
     protocol: str = "grpc"  # http: `server` is an http[s]://HOST:PORT URL
     http_body: str = "binary"
+    # gRPC: the channels (TCP connections) each client process opens, its requests spread over
+    # them in turn: a server of several processes sharing a port (SO_REUSEPORT) balances
+    # connections, not requests. Over HTTP every request in flight has a keep-alive connection.
+    connections: int = 1
 
     def __post_init__(self) -> None:
         if self.api not in APIS:
@@ -46,6 +50,8 @@ class Target:
             raise ValueError(f"protocol {self.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
         if self.http_body not in HTTP_BODIES:
             raise ValueError(f"HTTP body {self.http_body!r}: expected one of {', '.join(HTTP_BODIES)}")
+        if self.connections < 1:
+            raise ValueError(f"connections {self.connections}: expected >= 1")
 
     @property
     def method(self) -> str:
@@ -55,8 +61,11 @@ class Target:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return auth_metadata(self.token)
 
-    def aio_channel(self) -> grpc.aio.Channel:
-        return open_aio_channel(self.server, self.tls_ca, self.tls_cert, self.tls_key)
+    def aio_channel(self, own_connection: bool = False) -> grpc.aio.Channel:
+        """A channel to the target; with own_connection, over a TCP connection of its own (gRPC
+        otherwise shares one between a process's channels of equal settings)."""
+        options = (("grpc.use_local_subchannel_pool", 1),) if own_connection else ()
+        return open_aio_channel(self.server, self.tls_ca, self.tls_cert, self.tls_key, options)
 
     def client(self) -> EdgeClient:
         """A synchronous client of the target (HttpEdgeClient over http)."""

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from edgecnn.loadtest import bench_report
-from tests.loadtest.bench_results import results, servers
+from tests.loadtest.bench_results import results, servers, sweep
 
 
 def rows_of(data: dict) -> dict[str, tuple[str, bool]]:
@@ -175,3 +175,71 @@ def test_a_run_without_perf_analyzer_says_why(tmp_path):
     text = (tmp_path / "b.md").read_text()
     assert "- perf_analyzer: not measured in this run (perf_analyzer does not start: libb64.so.0d)." in text
     assert "Servers under perf_analyzer" not in text and rows_of(data)["zero errors"] == ("0 failed requests", True)
+
+
+def with_http_and_workers(data: dict) -> dict:
+    """LeNet-5's batching-off process over HTTP (binary at 80% of its gRPC req/s, JSON at 50%) at
+    c=1, 16, 64, and workers-1 / workers-2 at c=64: 1800 / 2400 req/s (1.333x, and 1.2x the floor's
+    2000); MobileNetV2 was asked for over HTTP but has no HTTP rows."""
+    lenet5 = data["servers"]["lenet5"]
+    off = {s["concurrency"]: s["req_per_s"] for s in lenet5["batching-off"]["steps"]}
+    lenet5["http-binary"] = sweep({c: off[c] * 0.8 for c in (1, 16, 64)}, 1.5)
+    lenet5["http-json"] = sweep({c: off[c] * 0.5 for c in (1, 16, 64)}, 2.5)
+    lenet5["workers-1"] = sweep({64: 1800.0}, 1.0)
+    lenet5["workers-2"] = sweep({64: 2400.0}, 1.0)
+    data["settings"]["http"] = {"models": ["lenet5", "mobilenet-v2"], "concurrency": [1, 16, 64]}
+    data["settings"]["workers"] = {"models": ["lenet5"], "concurrency": [64], "connections_per_process": 4, "connections": 8, "missing": None}
+    return data
+
+
+def test_http_and_workers_goals_at_their_boundaries(tmp_path):
+    data = with_http_and_workers(results({"cpu": servers(1.0, 1.0, 1.0)}))
+    rows = rows_of(data)
+    assert rows["lenet5 [edgecnn loadtest]: HTTP binary reaches >= 80% of gRPC's req/s at c=64"] == ("1600 vs 2000 req/s (gRPC, batching-off) = 80.0%", True)
+    assert rows["mobilenet-v2 [edgecnn loadtest]: HTTP binary reaches >= 80% of gRPC's req/s at c=64"] == ("not measured (no HTTP rows)", False)
+    assert rows["lenet5 [edgecnn loadtest]: --workers 2 >= 1.3x --workers 1's req/s at c=64 (8 client connections)"] == ("2400 vs 1800 req/s (workers-1) = 1.333x", True)
+    assert rows["lenet5 [edgecnn loadtest]: --workers 2 >= 1.2x the faster floor's req/s at c=64 (8 client connections)"] == ("2400 vs 2000 req/s (floor) = 1.200x", True)
+    assert not any("mobilenet-v2" in goal and "workers" in goal for goal in rows), "workers rows for LeNet-5 only"
+    data["servers"]["lenet5"]["http-binary"]["steps"][-1]["req_per_s"] = 1599.0  # c=64
+    data["servers"]["lenet5"]["workers-2"]["steps"][0]["req_per_s"] = 2339.0
+    rows = rows_of(data)
+    assert rows["lenet5 [edgecnn loadtest]: HTTP binary reaches >= 80% of gRPC's req/s at c=64"][1] is False
+    assert rows["lenet5 [edgecnn loadtest]: --workers 2 >= 1.3x --workers 1's req/s at c=64 (8 client connections)"] == ("2339 vs 1800 req/s (workers-1) = 1.299x", False)
+
+    bench_report.write_report(data, tmp_path / "b.md", lambda message: None)
+    text = (tmp_path / "b.md").read_text()
+    assert "## edgecnn over gRPC and HTTP/REST (issue 14)" in text
+    assert "| lenet5 | edgecnn loadtest | 64 | gRPC | 2000 | 100.0% | 10.00 | 10.00 | 0 |" in text
+    assert "| lenet5 | edgecnn loadtest | 1 | HTTP JSON | 500 | 50.0% | 2.50 | 2.50 | 0 |" in text
+    assert "## edgecnn serve --workers (issue 15)" in text and "over 8 client connections (4 per client process)" in text
+    assert "| lenet5 | edgecnn loadtest | workers-2 | 64 | 2339 | 1.299x | 1.169x | 10.00 | 10.00 | 0 |" in text
+    assert "| lenet5 | edgecnn loadtest | floor | 64 | 2000 | 1.111x | 1.000x |" in text
+    assert "**http-binary**" in text and "**workers-1** / **workers-2**" in text
+    assert "| mobilenet-v2 | edgecnn loadtest | 64 | gRPC |" not in text, "no HTTP rows: no comparison"
+
+
+def test_http_and_workers_goals_per_perf_analyzer_mode():
+    data = with_perf_analyzer(with_http_and_workers(results({"cpu": servers(1.0, 1.0, 1.0)}, models=("lenet5",))), "lenet5")
+    pa = data["perf_analyzer"]["lenet5"]
+    pa["http-binary"] = {"sync": pa_report("sync", {1: 800.0, 64: 1610.0}, 0.6)}  # 70% of batching off's 2300
+    pa["workers-1"] = {m: pa_report(m, {64: 2000.0}, 0.5) for m in ("sync", "async")}
+    pa["workers-2"] = {m: pa_report(m, {64: 3000.0}, 0.5) for m in ("sync", "async")}
+    rows = rows_of(data)
+    assert rows["lenet5 [perf_analyzer (sync)]: HTTP binary reaches >= 80% of gRPC's req/s at c=64"] == ("1610 vs 2300 req/s (gRPC, batching-off) = 70.0%", False)
+    assert "lenet5 [perf_analyzer (async)]: HTTP binary reaches >= 80% of gRPC's req/s at c=64" not in rows, "async measured no HTTP"
+    assert rows["lenet5 [perf_analyzer (sync)]: --workers 2 >= 1.3x --workers 1's req/s at c=64"] == ("3000 vs 2000 req/s (workers-1) = 1.500x", True)
+    assert rows["lenet5 [perf_analyzer (sync)]: --workers 2 >= 1.2x the faster floor's req/s at c=64"] == ("3000 vs 2500 req/s (floor-inline) = 1.200x", True)
+    assert not any("perf_analyzer (async)]: --workers" in goal for goal in rows), "--async opens too few connections to judge"
+
+
+def test_a_run_without_workers_says_why():
+    data = with_http_and_workers(results({"cpu": servers(1.0, 1.0, 1.0)}, models=("lenet5",)))
+    for kind in ("workers-1", "workers-2"):
+        del data["servers"]["lenet5"][kind]
+    data["settings"]["workers"]["missing"] = "edgecnn serve has no --workers option"
+    rows = rows_of(data)
+    assert rows["lenet5 [edgecnn loadtest]: --workers 2 >= 1.3x --workers 1's req/s at c=64"] == ("not measured (edgecnn serve has no --workers option)", False)
+    text = "\n".join(bench_report._workers_method(data["settings"]))
+    assert "not measured in this run (edgecnn serve has no --workers option)" in text and not bench_report._workers_section(data)
+    del data["settings"]["workers"], data["settings"]["http"]  # results from before these rows: no such goals
+    assert not any("workers" in goal or "HTTP" in goal for goal in rows_of(data))

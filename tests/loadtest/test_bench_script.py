@@ -96,12 +96,16 @@ def test_results_are_saved_after_every_finished_leg(bench, tmp_path, monkeypatch
     monkeypatch.setattr(bench, "cuda_usable", lambda: False)
     monkeypatch.setattr(bench, "bench_onnxruntime", lambda *args: {"batch1_req_per_s": 300.0})
     monkeypatch.setattr(bench, "measure_servers", measure_servers)
+    monkeypatch.setattr(bench, "serve_lacks_workers", lambda: "edgecnn serve has no --workers option")
     workdir = tmp_path / "work"
     with pytest.raises(RuntimeError, match="loadtest failed"):
         bench.main(["--models", "lenet5,cifar-cnn", "--devices", "cpu", "--workdir", str(workdir), "--out", str(tmp_path / "b.md")])
     saved = json.loads((workdir / "results.json").read_text())
     assert list(saved["servers"]) == ["lenet5"] and set(saved["servers"]["lenet5"]) == set(bench.SERVERS)
     assert saved["settings"]["concurrency"] == "1,4,16,64" and saved["settings"]["devices"] == ["cpu"]
+    assert saved["settings"]["http"] == {"models": ["lenet5"], "concurrency": [1, 16, 64]}
+    assert saved["settings"]["workers"] == {"models": ["lenet5"], "concurrency": [64], "connections_per_process": 4, "connections": 8,
+                                            "missing": "edgecnn serve has no --workers option"}  # fmt: skip
     assert [p.name for p in workdir.iterdir()] == ["results.json"]  # no temporary file left behind
 
 
@@ -118,7 +122,9 @@ def test_floor_server_starts_and_answers_as_onnx_runtime(bench, served_repositor
     model = bench.BenchModel(MODEL, served_repository.dir, served_repository.onnx, 0, (1, 28, 28), "test")
     cmd, ready = bench.server_command(kind, model, threads=1, delay_us=0, device="cpu")
     log = tmp_path / "floor.log"
-    with bench.running(cmd, ready, log) as address:
+    with bench.running(cmd, ready, log) as listening:
+        address = listening.grpc
+        assert listening.http is None, "the floor server speaks gRPC only"
         client = tritonclient_grpc.InferenceServerClient(url=address)
         assert list(client.get_model_metadata(MODEL).inputs[0].shape) == [-1, 1, 28, 28]
         config = client.get_model_config(MODEL).config
@@ -148,7 +154,7 @@ def test_servers_are_measured_in_alternating_slices_and_pooled_per_round(bench, 
     @contextmanager
     def running(cmd, ready, log_path):
         started.append(log_path.name)
-        yield log_path.name.split("-round")[0]
+        yield bench.Listening(log_path.name.split("-round")[0], None)
 
     def run_slice(plan, concurrency, pool):
         kind = plan.target.server.rsplit("-cpu", 1)[0].split("lenet5-", 1)[1]
@@ -162,7 +168,8 @@ def test_servers_are_measured_in_alternating_slices_and_pooled_per_round(bench, 
     monkeypatch.setattr(bench, "running", running)
     monkeypatch.setattr(side_by_side, "WorkerPool", lambda processes: nullcontext())
     monkeypatch.setattr(side_by_side, "run_slice", run_slice)
-    args = bench.parse_args(["--devices", "cpu", "--rounds", "2", "--slices", "2", "--concurrency", "1,4", "--workdir", str(tmp_path)])
+    args = bench.parse_args(["--devices", "cpu", "--rounds", "2", "--slices", "2", "--concurrency", "1,4", "--workdir", str(tmp_path),
+                             "--http-models", ""])  # fmt: skip
     model = bench.BenchModel("lenet5", tmp_path, tmp_path / "model.onnx", 1000, (1, 28, 28), "test")
     reports = bench.measure_servers(model, "cpu", args, lambda message: None)
 
@@ -188,7 +195,7 @@ def test_perf_analyzer_measures_the_same_servers_in_the_first_pa_rounds(bench, t
 
     @contextmanager
     def running(cmd, ready, log_path):
-        yield log_path.name.split("-round")[0]
+        yield bench.Listening(log_path.name.split("-round")[0], None)
 
     def run_slice(plan, concurrency, pool):
         histogram = new_histogram()
@@ -208,7 +215,7 @@ def test_perf_analyzer_measures_the_same_servers_in_the_first_pa_rounds(bench, t
     monkeypatch.setattr(side_by_side, "run_slice", run_slice)
     monkeypatch.setattr(bench.pa, "measure_round", measure_round)
     args = bench.parse_args(["--devices", "cpu", "--rounds", "3", "--slices", "1", "--concurrency", "1,4", "--workdir", str(tmp_path),
-                             "--pa-rounds", "2", "--pa-modes", "async", "--pa-interval-ms", "300"])  # fmt: skip
+                             "--pa-rounds", "2", "--pa-modes", "async", "--pa-interval-ms", "300", "--http-models", ""])  # fmt: skip
     args.perf_analyzer = object()
     model = bench.BenchModel("lenet5", tmp_path, tmp_path / "model.onnx", 1000, (1, 28, 28), "test")
     reports: dict = {}
@@ -219,3 +226,80 @@ def test_perf_analyzer_measures_the_same_servers_in_the_first_pa_rounds(bench, t
     steps = reports["batching-off"]["async"]["steps"]
     assert reports["batching-off"]["async"]["client"] == "perf_analyzer (async)"
     assert [s["concurrency"] for s in steps] == [1, 4] and steps[0]["req_per_s"] == 150.0 and len(steps[0]["runs"]) == 2
+
+
+def test_http_and_workers_targets_are_measured_beside_the_servers(bench, tmp_path, monkeypatch):
+    """LeNet-5: the batching-off process also over HTTP, binary and JSON, with its own REST bodies
+    at the HTTP steps; workers-1 and workers-2 (--workers N) at c=64 over several connections per
+    client process; perf_analyzer measures each target over its protocol at its own steps."""
+    from contextlib import contextmanager, nullcontext
+
+    from edgecnn.loadtest import perf_analyzer
+    from edgecnn.loadtest.http_requests import header_length
+    from edgecnn.loadtest.stats import StepResult, WorkerResult, new_histogram
+
+    commands, sliced, pa_calls = {}, [], []
+
+    @contextmanager
+    def running(cmd, ready, log_path):
+        kind = log_path.name.split("lenet5-", 1)[1].rsplit("-cpu", 1)[0]
+        commands[kind] = cmd
+        yield bench.Listening(f"{kind}:1", f"http://{kind}:2" if "--http-port" in cmd and "0" == cmd[cmd.index("--http-port") + 1] else None)
+
+    def run_slice(plan, concurrency, pool):
+        t = plan.target
+        sliced.append((t.server, t.protocol, t.http_body, t.connections, concurrency, plan.payloads[0]))
+        histogram = new_histogram()
+        histogram.record_value(1000)
+        worker = WorkerResult(histogram=histogram.encode(), ok=10, errors={}, window_s=1.0, window_ok=10, cpu_s=0.1, wall_s=1.0)
+        return StepResult("closed", concurrency, None, 1, [worker]).to_dict()
+
+    def run(pa, model, server, concurrency, interval_ms, mode, stability_percent=None, timeout_s=None, protocol="grpc", tensor_format="binary"):
+        pa_calls.append((server, concurrency[0], protocol, tensor_format))
+        return [{**perf_analyzer.failed_row(concurrency[0], mode, "x"), "errors": {}, "req_per_s": 100.0}]
+
+    monkeypatch.setattr(bench, "running", running)
+    monkeypatch.setattr(side_by_side, "WorkerPool", lambda processes: nullcontext())
+    monkeypatch.setattr(side_by_side, "run_slice", run_slice)
+    monkeypatch.setattr(bench.pa, "run", run)
+    args = bench.parse_args(["--devices", "cpu", "--rounds", "1", "--slices", "1", "--concurrency", "1,4,64", "--workdir", str(tmp_path),
+                             "--pa-modes", "sync", "--http-concurrency", "1,16,64"])  # fmt: skip
+    args.perf_analyzer = object()
+    model = bench.BenchModel("lenet5", tmp_path, tmp_path / "model.onnx", 1000, (1, 28, 28), "test")
+    by_pa: dict = {}
+    reports = bench.measure_servers(model, "cpu", args, lambda message: None, by_pa)
+
+    assert list(commands) == [*bench.SERVERS, *bench.WORKERS], "the workers servers start with the four"
+    assert commands["workers-2"][-2:] == ["--workers", "2"] and commands["workers-1"][-2:] == ["--workers", "1"]
+    assert "--workers" not in commands["batching-off"]
+    expected = {**{k: [1, 4, 64] for k in bench.SERVERS}, "http-binary": [1, 64], "http-json": [1, 64], "workers-1": [64], "workers-2": [64]}
+    assert {k: [s["concurrency"] for s in r["steps"]] for k, r in reports.items()} == expected
+    assert {k: [s["concurrency"] for s in r["sync"]["steps"]] for k, r in by_pa.items()} == expected, "perf_analyzer: the same steps"
+    http = {(server, protocol, body) for server, protocol, body, _, _, _ in sliced if protocol == "http"}
+    assert http == {("http://batching-off:2", "http", "binary"), ("http://batching-off:2", "http", "json")}, "batching-off's own HTTP port"
+    first_payload = {(server, body): payload for server, protocol, body, _, _, payload in sliced}
+    assert header_length(first_payload["http://batching-off:2", "binary"]) is not None
+    assert first_payload["http://batching-off:2", "json"].startswith(b'{"inputs"') and header_length(first_payload["http://batching-off:2", "json"]) is None
+    assert {server: n for server, _, _, n, _, _ in sliced if n > 1} == {"workers-1:1": 4, "workers-2:1": 4}
+    assert ("http://batching-off:2", 64, "http", "json") in pa_calls and ("workers-2:1", 64, "grpc", "binary") in pa_calls
+    assert ("workers-2:1", 1, "grpc", "binary") not in pa_calls
+
+
+def test_no_workers_servers_without_the_option_or_off_the_cpu(bench, tmp_path):
+    model = bench.BenchModel("lenet5", tmp_path, tmp_path / "model.onnx", 1000, (1, 28, 28), "test")
+    args = bench.parse_args(["--devices", "cpu"])
+    assert bench.server_kinds(model, "cpu", args) == [*bench.SERVERS, *bench.WORKERS]
+    assert bench.server_kinds(model, "cuda", args) == list(bench.SERVERS)
+    args.workers_missing = "edgecnn serve has no --workers option"
+    assert bench.server_kinds(model, "cpu", args) == list(bench.SERVERS)
+    assert bench.server_kinds(model, "cpu", bench.parse_args(["--devices", "cpu", "--workers-models", ""])) == list(bench.SERVERS)
+    assert bench.parse_args(["--devices", "cpu", "--concurrency", "1,4"]).workers_sweep == ()
+
+
+def test_workers_are_measured_only_where_serve_takes_the_option(bench, monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: SimpleNamespace(stdout="usage: edgecnn serve [--workers N|auto]"))
+    assert bench.serve_lacks_workers() is None
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: SimpleNamespace(stdout="usage: edgecnn serve [--threads T]"))
+    assert bench.serve_lacks_workers() == "edgecnn serve has no --workers option"

@@ -406,3 +406,56 @@ def test_plans_share_a_pool_that_stays_up(served_address):
             assert step["ok"] > 0 and step["errors"] == {} and len(step["client_cpu"]) == 2
         with pytest.raises(ValueError, match="3 client processes given a pool of 2"):
             run_plan(Plan(target, plan.payloads, 1, (3,), duration_s=0.3, processes=3), progress=None, pool=pool)
+
+
+def _established_to(port: int) -> int:
+    """TCP connections to `port` in this network namespace now (from /proc/net/tcp and tcp6)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port:  # ESTABLISHED, remote port
+                    count += 1
+    return count
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+def test_a_client_process_spreads_its_requests_over_its_own_connections(served_address, monkeypatch, connections):
+    """Target.connections: that many gRPC channels, each over a TCP connection of its own (gRPC
+    would share one between equal channels), the requests in turn over them (the bench's
+    --workers rows: SO_REUSEPORT balances connections, not requests)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("counts connections in /proc/net/tcp")
+    from edgecnn.loadtest import worker
+    from edgecnn.loadtest.workload import make_payloads
+
+    port = int(served_address.rsplit(":", 1)[1])
+    before = _established_to(port)
+    seen = {}
+    real_measure = worker.measure
+
+    async def counting_measure(spec, call, progress):
+        seen["connections"] = _established_to(port) - before  # every channel ready, nothing sent yet
+        return await real_measure(spec, call, progress)
+
+    monkeypatch.setattr(worker, "measure", counting_measure)
+    target = Target(served_address, MODEL, connections=connections)
+    spec = WorkerSpec(target=target, payloads=make_payloads(target, "input", (1, 28, 28), 1), mode="closed", concurrency=4,
+                      rate=0.0, warmup_s=0.0, duration_s=0.3, requests=None, start_at=0.0, seed=0)  # fmt: skip
+    result = worker.run_worker(spec, worker.Slots(1), 0)
+    assert seen["connections"] == connections
+    assert result.ok > 0 and result.errors == {}
+
+
+def test_requests_go_in_turn_over_the_connections():
+    from edgecnn.loadtest.worker import in_turn
+
+    sent = []
+    calls = [lambda payload, i=i, **kwargs: sent.append((i, payload, kwargs["timeout"])) for i in range(3)]
+    call = in_turn(calls)
+    for k in range(7):
+        call(k, timeout=1.0)
+    assert sent == [(k % 3, k, 1.0) for k in range(7)]
+    with pytest.raises(ValueError, match="connections 0: expected >= 1"):
+        Target("127.0.0.1:1", MODEL, connections=0)

@@ -81,6 +81,40 @@ def test_command_line():
         perf_analyzer.command(pa, "m", "h:1", (4, 2), 500, Path("o.csv"))
 
 
+@pytest.mark.parametrize("tensor_format", ["binary", "json"])
+def test_command_line_over_http(tensor_format):
+    pa = PerfAnalyzer(Path("/x/perf_analyzer"), {}, "v")
+    cmd = perf_analyzer.command(pa, "lenet5", "http://h:8000", (1, 1), 500, Path("o.csv"), protocol="http", tensor_format=tensor_format)
+    assert cmd[:7] == ["/x/perf_analyzer", "-m", "lenet5", "-i", "http", "-u", "h:8000"]  # its -u takes HOST:PORT
+    assert cmd[-5:] == ["--input-tensor-format", tensor_format, "--output-tensor-format", tensor_format, "--sync"]
+    grpc = perf_analyzer.command(pa, "lenet5", "h:1", (1, 1), 500, Path("o.csv"), tensor_format="json")
+    assert "--input-tensor-format" not in grpc, "gRPC has no tensor format"
+    for kwargs, message in (({"protocol": "rest"}, "protocol 'rest'"), ({"tensor_format": "xml"}, "tensor format 'xml'"),
+                            ({"protocol": "http", "server": "https://h:1"}, "plain HTTP only")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            perf_analyzer.command(pa, "m", kwargs.pop("server", "h:1"), (1, 1), 500, Path("o.csv"), **kwargs)
+
+
+def test_a_round_measures_each_target_over_its_protocol_at_its_own_steps(monkeypatch):
+    from edgecnn.loadtest.side_by_side import Measured
+    from edgecnn.loadtest.workload import Target
+
+    calls = []
+
+    def fake_run(pa, model, server, concurrency, interval_ms, mode, stability_percent=None, timeout_s=None, protocol="grpc",
+                 tensor_format="binary"):  # fmt: skip
+        calls.append((server, concurrency[0], protocol, tensor_format))
+        return [{**perf_analyzer.rows(SYNC_CSV, SYNC_STDOUT, mode)[0], "concurrency": concurrency[0]}]
+
+    monkeypatch.setattr(perf_analyzer, "run", fake_run)
+    targets = {"grpc": Measured(Target("h:1", "m")), "json": Measured(Target("http://h:2", "m", protocol="http", http_body="json"), [b""], (4,)),
+               "bare": Target("h:3", "m")}  # fmt: skip
+    measured = perf_analyzer.measure_round(PerfAnalyzer(Path("x"), {}, "v"), targets, (1, 4), round_index=0, modes=("sync",))
+    assert calls == [("h:1", 1, "grpc", "binary"), ("h:3", 1, "grpc", "binary"),
+                     ("http://h:2", 4, "http", "json"), ("h:3", 4, "grpc", "binary"), ("h:1", 4, "grpc", "binary")]  # fmt: skip
+    assert list(measured["json"]["sync"]) == [4] and list(measured["grpc"]["sync"]) == [1, 4]
+
+
 def test_a_missing_binary_or_library_says_what_to_install(tmp_path):
     with pytest.raises(PerfAnalyzerMissing, match="does not start"):
         perf_analyzer.locate(tmp_path / "nope")
@@ -108,6 +142,23 @@ def pa() -> PerfAnalyzer:
         pytest.skip(f"perf_analyzer is not usable here: {exc}")
 
 
+@pytest.fixture(scope="module")
+def http_url(served_repository):
+    from tests.servers import serving
+
+    with serving(served_repository.dir, http_port=0) as running:
+        yield f"http://127.0.0.1:{running.http_port}"
+
+
+@pytest.mark.parametrize("tensor_format", ["binary", "json"])
+def test_perf_analyzer_over_http_has_zero_errors(pa, http_url, tensor_format):
+    """`-i http` with its default random data as binary tensors or JSON: zero errors, the server's breakdown read."""
+    (row,) = perf_analyzer.run(pa, MODEL, http_url, (2, 2), interval_ms=400, stability_percent=100, timeout_s=120,
+                               protocol="http", tensor_format=tensor_format)  # fmt: skip
+    assert row["errors"] == {} and row["req_per_s"] > 0 and row["latency_ms"]["p50"] > 0
+    assert row["server_us"] is not None and row["server_us"]["compute_infer"] > 0
+
+
 def test_perf_analyzer_default_random_data_has_zero_errors(pa, served_address):
     """perf_analyzer's defaults (random bytes: NaN and infinite float32 patterns) for ~2 s; it
     stops at the first failed request, so rows mean zero errors, and the server says the same."""
@@ -125,7 +176,7 @@ def test_a_round_alternates_the_servers_and_keeps_failures_as_errors(monkeypatch
 
     calls = []
 
-    def fake_run(pa, model, server, concurrency, interval_ms, mode, stability_percent=None, timeout_s=None):
+    def fake_run(pa, model, server, concurrency, interval_ms, mode, stability_percent=None, timeout_s=None, **kwargs):
         calls.append((server, concurrency[0], mode))
         if server == "b" and mode == "async":
             raise PerfAnalyzerError("perf_analyzer against b (async) failed (exit 99): error: boom")

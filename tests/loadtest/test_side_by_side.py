@@ -9,7 +9,7 @@ from contextlib import contextmanager, nullcontext
 import pytest
 
 from edgecnn.loadtest import side_by_side
-from edgecnn.loadtest.side_by_side import SliceSchedule, measure_side_by_side, measure_step, rotated
+from edgecnn.loadtest.side_by_side import Measured, SliceSchedule, measure_side_by_side, measure_step, rotated
 from edgecnn.loadtest.stats import StepResult, WorkerResult, new_histogram
 from edgecnn.loadtest.workload import Target, make_payloads
 from tests.servers import MODEL
@@ -33,11 +33,16 @@ def slices(monkeypatch) -> list[tuple[str, int]]:
 
     def run_slice(plan, concurrency, pool):
         order.append((plan.target.server, concurrency))
+        sent.append((plan.target.server, concurrency, tuple(plan.payloads), plan.target.protocol))
         return fake_step(plan.target.server, concurrency, latency_us=1000 * order.count((plan.target.server, concurrency)))
 
     monkeypatch.setattr(side_by_side, "run_slice", run_slice)
     monkeypatch.setattr(side_by_side, "WorkerPool", lambda processes: nullcontext())
+    sent.clear()
     return order
+
+
+sent: list[tuple[str, int, tuple[bytes, ...], str]] = []  # every slice: (server, concurrency, its requests, protocol)
 
 
 def round_servers(names=NAMES, started=None):
@@ -93,6 +98,61 @@ def test_every_round_must_name_the_same_servers(slices):
         measure_side_by_side(round_servers(lambda r: NAMES if r == 0 else NAMES[:2]), 2, schedule, [b""])
     with pytest.raises(ValueError, match="rounds 0"):
         measure_side_by_side(round_servers(), 0, schedule, [b""])
+
+
+def test_each_target_carries_its_own_requests_and_part_of_the_sweep(slices):
+    """A gRPC target with the shared requests beside HTTP targets with their own bodies, one
+    measured at c=1 and c=8 only: each step alternates between the targets measured there."""
+    http = Target("http://h:1", MODEL, protocol="http")
+    targets = {"a": Target("a", MODEL), "b": Measured(Target("b", MODEL, protocol="http"), [b"json"], sweep=(1, 8)),
+               "c": Measured(Target("c", MODEL), [b"own"], sweep=(4,))}  # fmt: skip
+    seen = []
+
+    @contextmanager
+    def servers(r):
+        yield targets
+
+    schedule = SliceSchedule((1, 4, 8), duration_s=1.0, warmup_s=0.0, slices=1, processes=1)
+    logged: list[str] = []
+    reports = measure_side_by_side(servers, 2, schedule, [b"shared"], logged.append, lambda r, t: seen.append((r, t)))
+    assert slices[:4] == [("a", 1), ("b", 1), ("a", 4), ("c", 4)], "c=1: a and b; c=4: a and c"
+    assert {(server, payloads, protocol) for server, _, payloads, protocol in sent} == {
+        ("a", (b"shared",), "grpc"), ("b", (b"json",), "http"), ("c", (b"own",), "grpc")}  # fmt: skip
+    assert [[s["concurrency"] for s in reports[name]["steps"]] for name in "abc"] == [[1, 4, 8], [1, 8], [4]]
+    assert all(len(step["runs"]) == 2 for report in reports.values() for step in report["steps"])
+    assert logged[:3] == ["  c=1: a 100 req/s, b 50 req/s", "  c=4: a 100 req/s, c 20 req/s", "  c=8: a 100 req/s, b 50 req/s"]
+    (r0, given), _ = seen
+    assert r0 == 0 and given["a"] == Measured(Target("a", MODEL), [b"shared"]) and given["b"] is targets["b"], "each round's targets, as Measured"
+    assert http.connections == 1
+
+
+@pytest.mark.parametrize(
+    "targets, payloads, message",
+    [
+        ({"a": Target("a", MODEL)}, None, "a: no requests of its own and none shared"),
+        ({"a": Measured(Target("a", MODEL), [b""], sweep=(2,))}, [b""], r"a: concurrency \[2\]: expected some of the sweep's \[1, 4\]"),
+        ({"a": Measured(Target("a", MODEL), [b""], sweep=())}, [b""], r"a: concurrency \[\]"),
+    ],
+)
+def test_a_target_without_requests_or_off_the_sweep_is_refused(slices, targets, payloads, message):
+    @contextmanager
+    def servers(r):
+        yield targets
+
+    schedule = SliceSchedule((1, 4), duration_s=1.0, warmup_s=0.0, slices=1, processes=1)
+    with pytest.raises(ValueError, match=message):
+        measure_side_by_side(servers, 1, schedule, payloads)
+    assert slices == []
+
+
+def test_every_round_must_measure_a_target_at_the_same_steps(slices):
+    @contextmanager
+    def servers(r):
+        yield {"a": Measured(Target("a", MODEL), sweep=(1,) if r == 0 else (1, 4))}
+
+    schedule = SliceSchedule((1, 4), duration_s=1.0, warmup_s=0.0, slices=1, processes=1)
+    with pytest.raises(ValueError, match=r"round 2 measures a at \(1, 4\); round 1 at \(1,\)"):
+        measure_side_by_side(servers, 2, schedule, [b""])
 
 
 @pytest.mark.parametrize(
