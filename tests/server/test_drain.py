@@ -23,6 +23,7 @@ from edgecnn.protos import (
     inference_pb2_grpc,
 )
 from edgecnn.server import ServerThread, Settings
+from edgecnn.server.app import INTAKE_S
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.child_process import ServeProcess
@@ -103,7 +104,7 @@ def test_sigterm_drains_in_flight_requests(batched_repository):
             in_flight = [stub.ModelInfer.future(request, timeout=30) for _ in range(24)]
             time.sleep(0.2)
             proc.send_signal(signal.SIGTERM)
-            time.sleep(0.1)
+            time.sleep(INTAKE_S + 0.1)  # requests received this soon after the signal are still served
             status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
             assert status == health_pb2.HealthCheckResponse.NOT_SERVING
             with pytest.raises(grpc.RpcError) as refused:

@@ -15,6 +15,7 @@ import pytest
 import tritonclient.http as tritonclient_http
 
 from edgecnn.server import cmd_serve
+from edgecnn.server.app import INTAKE_S
 from edgecnn.server.cmd_serve import READY_LINE
 from tests.child_process import ServeProcess
 from tests.onnx_models import reference_logits, write_version
@@ -104,18 +105,18 @@ def test_sigterm_answers_http_requests_in_flight(lenet5_repository):
         def send() -> None:
             replies.append(request(served.http_port, "POST", "/v2/models/lenet5/infer", body, headers))
 
-        senders = [threading.Thread(target=send) for _ in range(4)]
+        senders = [threading.Thread(target=send) for _ in range(8)]  # 2 s of work on 2 worker threads
         for sender in senders:
             sender.start()
         time.sleep(0.3)
         served.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
+        time.sleep(INTAKE_S + 0.1)  # requests received this soon after the signal are still served
         assert request(served.http_port, "GET", "/v2/health/ready").status == 503
         refused = request(served.http_port, "POST", "/v2/models/lenet5/infer", body, headers)
         assert refused.status == 503 and "shutting down" in refused.json()["error"], refused.body
         for sender in senders:
             sender.join(30)
-        assert [r.status for r in replies] == [200] * 4, [r.body for r in replies]
+        assert [r.status for r in replies] == [200] * 8, [r.body for r in replies]
         for reply in replies:
             np.testing.assert_allclose(binary_logits(reply), reference_logits(onnx_path, x), rtol=1e-5, atol=1e-6)
         assert served.proc.wait(timeout=30) == 0, "".join(served.output)
