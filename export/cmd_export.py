@@ -26,10 +26,17 @@ from edgecnn.export.onnx_export import (
     VerificationFailed,
     export_run,
 )
-from edgecnn.export.quantize import QUANTIZATIONS
+from edgecnn.export.quantize import CALIB_PERCENTILE, CALIBRATION_METHODS, QUANTIZATIONS
 from edgecnn.export.verify import VerificationError, format_report
 from edgecnn.number_args import int_at_least
 from edgecnn.repository import DEFAULT_MAX_BATCH_SIZE, RepositoryError
+
+
+def _node_names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated ONNX node names")
+    return names
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +51,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibrate-on-random", action="store_true",
                         help="INT8: when the training images are not found, calibrate on random inputs instead of "
                         "failing (recorded in the metadata as edgecnn.calibration; accuracy will suffer)")
+    parser.add_argument("--calibration-method", choices=list(CALIBRATION_METHODS), default="minmax",
+                        help="INT8: how activation ranges are set from the calibration images: minmax (default), "
+                        f"percentile (the central {CALIB_PERCENTILE}%% of values) or entropy (KL divergence)")
+    parser.add_argument("--int8-exclude", type=_node_names, default=(), metavar="NODE,...",
+                        help="INT8: nodes kept in float32 (ONNX node names after ONNX Runtime's quantization "
+                        "pre-processing, as docs/results.md lists them for MobileNetV2)")
     parser.add_argument("--max-batch-size", type=int_at_least(1), default=None, metavar="N",
                         help=f"max_batch_size in a new model's config.pbtxt (default {DEFAULT_MAX_BATCH_SIZE}); "
                         "a new version of an existing model keeps the model's config")
@@ -60,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
             quantize=args.quantize, verify=args.verify, data_dir=args.data_dir, samples=args.samples,
             test_images=test_images_from(args), thresholds=thresholds_from(args),
             calibration_images=args.calibration_images, max_batch_size=args.max_batch_size,
-            calibrate_on_random=args.calibrate_on_random,
+            calibrate_on_random=args.calibrate_on_random, calibration_method=args.calibration_method,
+            int8_exclude=args.int8_exclude,
         )
     except VerificationFailed as exc:
         print(f"edgecnn export: {exc}", file=sys.stderr)

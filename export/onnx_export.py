@@ -148,11 +148,14 @@ def build_variant(
     data_dir: str | None,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     calibrate_on_random: bool = False,
+    calibration_method: str = "minmax",
+    int8_exclude: Sequence[str] = (),
 ) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The requested variant of an FP32 model, plus extra metadata describing how it was made.
 
     INT8 calibrates on the dataset's training images; without them it fails unless
-    calibrate_on_random allows random inputs (recorded in the metadata's edgecnn.calibration).
+    calibrate_on_random allows random inputs (recorded in the metadata's edgecnn.calibration,
+    with a calibration method other than minmax and the nodes int8_exclude keeps in float).
     """
     if quantize == "none":
         return fp32, {}
@@ -160,7 +163,12 @@ def build_variant(
         return convert_fp16(fp32), {}
     if quantize == "int8":
         images, source = _calibration_images(dataset, input_shape, calibration_images, data_dir, calibrate_on_random)
-        return quantize_int8(fp32, images), {CALIBRATION_KEY: source}
+        if calibration_method != "minmax":
+            source += f"; {calibration_method} calibration"
+        if int8_exclude:
+            source += f"; kept in float: {', '.join(int8_exclude)}"
+        quantized = quantize_int8(fp32, images, calibration_method=calibration_method, nodes_to_exclude=int8_exclude)
+        return quantized, {CALIBRATION_KEY: source}
     raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, not {quantize!r}")
 
 
@@ -220,6 +228,8 @@ def export_run(
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     max_batch_size: int | None = None,
     calibrate_on_random: bool = False,
+    calibration_method: str = "minmax",
+    int8_exclude: Sequence[str] = (),
 ) -> ModelVersionPath:
     """Export a training run (its dir or model.pt) as version `version` of `name` in `repository`.
 
@@ -230,6 +240,8 @@ def export_run(
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, not {quantize!r}")
     if calibrate_on_random and quantize != "int8":
         raise ValueError("calibrate_on_random (--calibrate-on-random) only applies to --quantize int8")
+    if (calibration_method != "minmax" or int8_exclude) and quantize != "int8":
+        raise ValueError("calibration_method and int8_exclude (--calibration-method, --int8-exclude) only apply to --quantize int8")
     if max_batch_size is not None and max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, not {max_batch_size}")
     if calibration_images < 1:
@@ -259,6 +271,7 @@ def export_run(
     onnx_model, extra = build_variant(
         fp32, quantize, dataset=meta["dataset"], input_shape=input_shape, data_dir=data_dir,
         calibration_images=calibration_images, calibrate_on_random=calibrate_on_random,
+        calibration_method=calibration_method, int8_exclude=int8_exclude,
     )
     metadata = build_metadata(meta, checkpoint, file_sha256(checkpoint), quantize)
     set_metadata(onnx_model, metadata)

@@ -67,6 +67,7 @@ from tests.child_process import ChildProcess  # noqa: E402
 
 MODELS = ("lenet5", "cifar-cnn", "mobilenet-v2")
 TRAINED_LENET5 = ROOT / "runs" / "lenet5-fashion-mnist"
+TRAINED_MOBILENET = ROOT / "runs" / "mobilenet-v2-fashion-mnist"  # `make results` trains it (width 0.5)
 READY_TIMEOUT_S = 120.0
 
 
@@ -97,8 +98,9 @@ def _lenet5_run(workdir: Path, log) -> tuple[Path, str]:
     return run_dir, "briefly trained on Fashion-MNIST (1 epoch, 10,000 images)"
 
 
-def prepare_models(workdir: Path, names: list[str], log) -> list[BenchModel]:
-    """Export each model into its own fresh repository under workdir (torch is needed only here)."""
+def prepare_models(workdir: Path, names: list[str], log, mobilenet_run: Path | None = TRAINED_MOBILENET) -> list[BenchModel]:
+    """Export each model into its own fresh repository under workdir (torch is needed only here).
+    MobileNetV2 serves the trained run at mobilenet_run when it holds a model.pt, else fixed-seed weights."""
     from edgecnn.export.onnx_export import export_run
     from edgecnn.export.untrained import fixed_seed_run
     from edgecnn.training.checkpoint import load_checkpoint
@@ -109,6 +111,9 @@ def prepare_models(workdir: Path, names: list[str], log) -> list[BenchModel]:
         repository = workdir / "repos" / name
         if name == "lenet5":
             run_dir, weights = _lenet5_run(workdir, log)
+        elif name == "mobilenet-v2" and mobilenet_run is not None and (mobilenet_run / "model.pt").is_file():
+            shown = mobilenet_run.relative_to(ROOT) if mobilenet_run.is_relative_to(ROOT) else mobilenet_run
+            run_dir, weights = mobilenet_run, f"trained on Fashion-MNIST ({shown})"
         else:
             run_dir, weights = fixed_seed_run(workdir / "runs" / name, name, "cifar10"), "fixed-seed random weights (no CIFAR-10 data here)"
         log(f"exporting {name}")
@@ -271,6 +276,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float_arg(is_non_negative, NON_NEGATIVE_SECONDS), default=0.5, help="warm-up seconds before each slice")
     parser.add_argument("--concurrency", type=positive_ints, default="1,4,16,64", help="the load test's sweep")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
+    parser.add_argument("--mobilenet-run", type=Path, default=TRAINED_MOBILENET, metavar="RUN_DIR",
+                        help="the trained MobileNetV2 to serve (default: `make results`' runs/mobilenet-v2-fashion-mnist; "
+                        "fixed-seed random weights when it holds no model.pt)")
     parser.add_argument("--devices", help="comma-separated: cpu, cuda (default: cpu, and cuda where a GPU is usable)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for every server")
     parser.add_argument("--processes", type=int_at_least(1), default=2, help="load-test client processes")
@@ -384,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers_missing:
             log(f"no --workers rows: {args.workers_missing}")
     saved = args.workdir / "results.json"
-    models = prepare_models(args.workdir, args.models.split(","), log)
+    models = prepare_models(args.workdir, args.models.split(","), log, mobilenet_run=args.mobilenet_run)
     for model in models:
         results["models"].append({"name": model.name, "params": model.params, "input_shape": list(model.input_shape),
                                   "onnx_bytes": model.onnx.stat().st_size, "weights": model.weights})  # fmt: skip

@@ -21,6 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
     parser.add_argument("--limit", type=int, help="use only the first N training images (smoke runs)")
+    parser.add_argument("--test-limit", type=int, help="evaluate on the first N test images only (smoke runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=0,
@@ -31,6 +32,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="auto: random crop + flip for cifar10, none for the others")
     parser.add_argument("--crop-padding", type=int, help="crop-flip: pixels of zero padding (default side/8)")
     parser.add_argument("--width-mult", type=float, help="MobileNetV2 width multiplier")
+    parser.add_argument("--memory-format", choices=["auto", "contiguous", "channels-last"], default="auto",
+                        help="training tensors' layout; auto: channels-last for mobilenet-v2 on the CPU (2x faster there)")
     parser.add_argument("--out", help="run directory (default runs/<model>-<dataset>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (they show on a terminal only)")
 
@@ -41,6 +44,7 @@ def _bad_number(args: argparse.Namespace) -> str | None:
         ("--epochs", args.epochs, args.epochs >= 1),
         ("--batch-size", args.batch_size, args.batch_size >= 1),
         ("--limit", args.limit, args.limit is None or args.limit >= 1),
+        ("--test-limit", args.test_limit, args.test_limit is None or args.test_limit >= 1),
         ("--lr", args.lr, is_positive(args.lr)),
         ("--weight-decay", args.weight_decay, is_non_negative(args.weight_decay)),
         ("--label-smoothing", args.label_smoothing, 0 <= args.label_smoothing < 1),
@@ -51,7 +55,7 @@ def _bad_number(args: argparse.Namespace) -> str | None:
     bad = [f"{flag} {value}" for flag, value, ok in checks if not ok]
     if not bad:
         return None
-    return f"out of range: {', '.join(bad)} (epochs, batch size, limit >= 1; lr, width-mult > 0; weight decay, threads, crop padding >= 0; label smoothing in [0, 1))"
+    return f"out of range: {', '.join(bad)} (epochs, batch size, limits >= 1; lr, width-mult > 0; weight decay, threads, crop padding >= 0; label smoothing in [0, 1))"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing,
         limit=args.limit,
+        test_limit=args.test_limit,
         seed=args.seed,
         device=args.device,
         threads=args.threads,
@@ -79,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         augment=args.augment,
         crop_padding=args.crop_padding,
         width_mult=args.width_mult,
+        memory_format=args.memory_format,
         out=args.out,
         progress=not args.no_progress,
     )

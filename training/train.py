@@ -39,6 +39,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     crop_padding: int | None = None  # crop-flip: zero padding before the crop (default side // 8)
     limit: int | None = None
+    test_limit: int | None = None  # evaluate on the first N test images only (smoke runs)
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # torch intra-op threads on the CPU; 0: torch's default (one per core)
@@ -46,6 +47,7 @@ class TrainConfig:
     download: bool = False
     augment: str = "auto"  # auto: crop-flip for cifar10, none otherwise; or none|flip|crop-flip
     width_mult: float | None = None
+    memory_format: str = "auto"  # auto: channels-last for mobilenet-v2 on the CPU, contiguous otherwise
     out: str | None = None
     progress: bool = True
 
@@ -101,6 +103,19 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int |
 
 
 AUGMENTATIONS = {"none": None, "flip": random_flip, "crop-flip": random_crop_flip}
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels-last": torch.channels_last}
+
+
+def memory_format_for(cfg: TrainConfig, device: torch.device) -> torch.memory_format:
+    """auto: channels-last (NHWC) for MobileNetV2 on the CPU, where oneDNN's depthwise convolutions
+    train about 2x faster in it (measured on 2 cores); NCHW otherwise, which keeps the other models'
+    runs bit for bit as they were."""
+    name = cfg.memory_format
+    if name == "auto":
+        name = "channels-last" if cfg.model == "mobilenet-v2" and device.type == "cpu" else "contiguous"
+    if name not in MEMORY_FORMATS:
+        raise ValueError(f"--memory-format must be auto, {', '.join(MEMORY_FORMATS)}; not {cfg.memory_format!r}")
+    return MEMORY_FORMATS[name]
 
 
 def augmentation_for(cfg: TrainConfig):
@@ -116,7 +131,10 @@ def augmentation_for(cfg: TrainConfig):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = 1000) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, split: Split, device: torch.device, batch_size: int = 1000,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> tuple[float, float]:
     """Mean cross-entropy loss and top-1 accuracy on a split."""
     model.eval()
     mean, std = _stats(split, device)
@@ -124,7 +142,7 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: i
     labels = torch.from_numpy(split.labels)
     total_loss, correct = 0.0, 0
     for start in range(0, len(split), batch_size):
-        x = to_input(images[start : start + batch_size].to(device), mean, std)
+        x = to_input(images[start : start + batch_size].to(device), mean, std).contiguous(memory_format=memory_format)
         y = labels[start : start + batch_size].to(device)
         logits = model(x)
         total_loss += F.cross_entropy(logits, y, reduction="sum").item()
@@ -147,13 +165,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     np.random.seed(cfg.seed)
     device = resolve_device(cfg.device)
     train_split = load_split(cfg.dataset, "train", cfg.data_dir, cfg.download, cfg.limit)
-    test_split = load_split(cfg.dataset, "test", cfg.data_dir, cfg.download)
+    test_split = load_split(cfg.dataset, "test", cfg.data_dir, cfg.download, cfg.test_limit)
     channels = train_split.images.shape[1]
     spec = get_spec(cfg.model)
     _check_input_fits(cfg.model, spec.input_shape, train_split.images.shape[1:])
 
     kwargs = model_kwargs(cfg.model, channels, len(train_split.classes), cfg.width_mult)
-    model = build_model(cfg.model, **kwargs).to(device)
+    memory_format = memory_format_for(cfg, device)
+    model = build_model(cfg.model, **kwargs).to(device, memory_format=memory_format)
     params = count_parameters(model)
 
     optimizer = make_optimizer(cfg, model.parameters())
@@ -182,7 +201,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             batch = images[idx]
             if augment:
                 batch = augment(batch, generator)
-            x = to_input(batch.to(device), mean, std)
+            x = to_input(batch.to(device), mean, std).contiguous(memory_format=memory_format)
             y = labels[idx].to(device)
 
             logits = model(x)
@@ -196,7 +215,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(idx)
             bar.set_postfix(loss=f"{running_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
-        test_loss, test_acc = evaluate(model, test_split, device)
+        test_loss, test_acc = evaluate(model, test_split, device, memory_format=memory_format)
         history.append(
             {
                 "epoch": epoch,
@@ -221,6 +240,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "test_accuracies": [h["test_accuracy"] for h in history],
         "test_accuracy": history[-1]["test_accuracy"] if history else None,
         "train_images": len(train_split),
+        "test_images": len(test_split),
         "train_seconds": round(seconds, 2),
         "seed": cfg.seed,
         "device": str(device),
@@ -234,7 +254,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         cfg.model, kwargs, get_info(cfg.dataset), list(train_split.images.shape[1:]), params,
         metrics["test_accuracy"], cfg.seed,
     )
-    save_checkpoint(out_dir / CHECKPOINT_NAME, model, meta)
+    save_checkpoint(out_dir / CHECKPOINT_NAME, model.to(memory_format=torch.contiguous_format), meta)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plot_curves(history, out_dir / "curves.png", f"{cfg.model} on {cfg.dataset}")
     return metrics

@@ -215,6 +215,17 @@ def _times(ratio: float | None, unit: str = "x") -> str:
     return "n/a" if ratio is None else f"{ratio:.3f}{unit}"
 
 
+def _weights_note(models: list[dict]) -> str:
+    """Which models serve untrained weights (scripts/bench.py says where each model's come from)."""
+    untrained = [f"`{m['name']}`" for m in models if str(m.get("weights", "")).startswith("fixed-seed")]
+    if not untrained:
+        return "Every model serves trained weights."
+    return (
+        f"Fixed-seed untrained weights (no trained run here): {', '.join(untrained)}; "
+        "speed does not depend on the weights' values."
+    )
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -288,8 +299,7 @@ def write_markdown(results: dict, path: Path, plot_name: str | None) -> None:
              for b in results["models"]],
         ),  # fmt: skip
         "",
-        "The CIFAR CNN and MobileNetV2 use fixed-seed untrained weights (there is no CIFAR-10 data on this "
-        "machine); speed does not depend on the weights' values.",
+        _weights_note(results["models"]),
         "",
         "## (a) ONNX Runtime in-process",
         "",

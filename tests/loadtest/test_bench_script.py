@@ -91,7 +91,7 @@ def test_results_are_saved_after_every_finished_leg(bench, tmp_path, monkeypatch
             raise RuntimeError("edgecnn loadtest failed")
         return servers(1.0, 1.0, 1.0)
 
-    monkeypatch.setattr(bench, "prepare_models", lambda workdir, names, log: models)
+    monkeypatch.setattr(bench, "prepare_models", lambda workdir, names, log, **_: models)
     monkeypatch.setattr(bench, "machine", dict)
     monkeypatch.setattr(bench, "cuda_usable", lambda: False)
     monkeypatch.setattr(bench, "bench_onnxruntime", lambda *args: {"batch1_req_per_s": 300.0})
