@@ -112,3 +112,33 @@ def test_each_variant_carries_a_selftest_its_file_reproduces(variants, quantizat
         largest = np.abs(selftest["logits"]).max()
         assert selftest["atol"] >= max(np.float32(1e-2), np.float32(0.05) * largest)
     assert selftest["rtol"] == 0
+
+
+def test_int8_keeps_the_named_nodes_in_float_with_the_calibration_asked_for(trained_run, variants, capsys):
+    from edgecnn.export.int8_search import quantizable_nodes
+    from edgecnn.export.onnx_export import to_onnx
+    from edgecnn.export.quantize import prepare_for_int8
+    from edgecnn.training.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(trained_run)
+    nodes = quantizable_nodes(prepare_for_int8(to_onnx(model, meta["input_shape"])))
+    assert [n.op_type for n in nodes] == ["Conv", "Conv", "Gemm", "Gemm", "Gemm"]
+    assert nodes[0].role.startswith("stem 5x5 conv") and nodes[-1].module == "classifier.5"
+    last = nodes[-1].name
+    repository = variants["none"].model_dir.parent
+    args = ["export", str(trained_run), "--repository", str(repository), "--name", "lenet5-int8-mixed", "--quantize", "int8",
+            "--calibration-method", "percentile", "--int8-exclude", last, "--samples", "5", "--test-images", "500"]  # fmt: skip
+    assert cli_main(args) == 0
+    out = onnx.load(repository / "lenet5-int8-mixed" / "1" / "model.onnx")
+    dequantized = {n.output[0] for n in out.graph.node if n.op_type == "DequantizeLinear"}
+    gemms = [n for n in out.graph.node if n.op_type == "Gemm"]
+    floats = {i.name for i in out.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    assert gemms[-1].input[1] in floats, "the excluded classifier keeps its float32 weights"
+    assert gemms[0].input[1] in dequantized, "the other layers' weights are int8"
+    calibration = {p.key: p.value for p in out.metadata_props}[CALIBRATION_KEY]
+    assert "percentile calibration" in calibration and f"kept in float: {last}" in calibration
+
+    capsys.readouterr()
+    assert cli_main(args[:-4] + ["--int8-exclude", "no_such_node", "--name", "lenet5-int8-typo"]) == 2
+    assert "no node named no_such_node" in capsys.readouterr().err
+    assert not (repository / "lenet5-int8-typo").exists()
