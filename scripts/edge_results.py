@@ -74,6 +74,7 @@ class ModelResult:
     torch_accuracy: float | None
     variants: dict[str, Variant]
     int8_search: Int8Search | None = None
+    label: str = ""  # the model as the tables name it
 
     def drop(self, q: str) -> float | None:
         return self.variants[q].drop_points
@@ -123,7 +124,10 @@ def _weights_description(run_dir: Path, meta: dict) -> str:
     if meta.get("test_accuracy") is None or not metrics_path.is_file():
         return f"untrained, fixed seed {meta.get('seed')}"
     m = json.loads(metrics_path.read_text())
-    return f"trained {m.get('epochs')} epochs on {m.get('train_images'):,} {meta['dataset']} images"
+    width = (m.get("config") or {}).get("width_mult")
+    return f"trained {m.get('epochs')} epochs on {m.get('train_images'):,} {meta['dataset']} images" + (
+        f", width {width:g}" if width is not None else ""
+    )
 
 
 def validation_images(dataset: str, shape: list[int], data_dir: str | None, count: int, seed: int = 1):
@@ -221,7 +225,10 @@ def measure_run(
         for q, ms in median_latencies_ms(sessions, shape, batch).items():
             variants[q].latency_ms[batch] = ms
     test_data = test.source if test is not None else f"none: {why}"
-    return ModelResult(meta["model"], meta["dataset"], _weights_description(run_dir, meta), test_data, torch_accuracy, variants, found)
+    weights = _weights_description(run_dir, meta)
+    # A fixed-seed model says so (its shape too: MobileNetV2 may also be there trained on another dataset).
+    label = f"`{meta['model']}`" + (f" (fixed-seed, {'×'.join(map(str, shape))})" if weights.startswith("untrained") else "")
+    return ModelResult(meta["model"], meta["dataset"], weights, test_data, torch_accuracy, variants, found, label)
 
 
 def _pct(v: float | None) -> str:
@@ -251,25 +258,25 @@ def render(results: list[ModelResult], threads: int) -> str:
         for q, v in r.variants.items():
             drop = r.drop(q)
             lines.append(
-                f"| `{r.model}` | {LABEL[q]} | {v.size_bytes:,} | {fp32.size_bytes / v.size_bytes:.2f} "
+                f"| {r.label} | {LABEL[q]} | {v.size_bytes:,} | {fp32.size_bytes / v.size_bytes:.2f} "
                 f"| {v.latency_ms[1]:.3f} | {v.latency_ms[32]:.2f} | {fp32.latency_ms[32] / v.latency_ms[32]:.2f} "
                 f"| {_pct(v.accuracy)} | {'n/a' if drop is None else f'{drop:+.2f}'} |"
             )
     lines += ["", "Data per model:", ""]
     for r in results:
         lines.append(
-            f"- `{r.model}` ({r.dataset}): weights {r.weights}; PyTorch FP32 accuracy {_pct(r.torch_accuracy)}; "
+            f"- {r.label} ({r.dataset}): weights {r.weights}; PyTorch FP32 accuracy {_pct(r.torch_accuracy)}; "
             f"test data: {r.test_data}; INT8 calibration: {r.variants['int8'].calibration}."
         )
     lines += ["", "| target | model | value | met |", "|---|---|---:|:-:|"]
     for r in results:
         fp32, int8 = r.variants["none"], r.variants["int8"]
-        if r.model in SPEED_SIZE_TARGET_MODELS:
+        if r.model in SPEED_SIZE_TARGET_MODELS and r.dataset == "cifar10":  # the targets' CIFAR-10 shapes
             ratio = fp32.size_bytes / int8.size_bytes
             speedup = fp32.latency_ms[32] / int8.latency_ms[32]
-            lines.append(f"| INT8 ≥ {MIN_SIZE_RATIO}× smaller | `{r.model}` | {ratio:.2f}× | {_met(ratio >= MIN_SIZE_RATIO)} |")
+            lines.append(f"| INT8 ≥ {MIN_SIZE_RATIO}× smaller | {r.label} | {ratio:.2f}× | {_met(ratio >= MIN_SIZE_RATIO)} |")
             lines.append(
-                f"| INT8 ≥ {MIN_SPEEDUP_B32}× faster at batch 32 | `{r.model}` | {speedup:.2f}× | {_met(speedup >= MIN_SPEEDUP_B32)} |"
+                f"| INT8 ≥ {MIN_SPEEDUP_B32}× faster at batch 32 | {r.label} | {speedup:.2f}× | {_met(speedup >= MIN_SPEEDUP_B32)} |"
             )
         if r.dataset != "fashion-mnist":
             continue
@@ -278,7 +285,7 @@ def render(results: list[ModelResult], threads: int) -> str:
                 drop, bar = r.drop(q), bars[r.model]
                 value = "n/a" if drop is None else f"{drop:+.2f} points"
                 lines.append(
-                    f"| {LABEL[q]} accuracy drop ≤ {bar:g} point | `{r.model}` | {value} | "
+                    f"| {LABEL[q]} accuracy drop ≤ {bar:g} point | {r.label} | {value} | "
                     f"{_met(None if drop is None else drop <= bar)} |"
                 )
     for r in results:
@@ -333,21 +340,22 @@ def edge_results(runs: list[Path], workdir: Path, threads: int = 1, add_cifar_mo
     """Export each run as FP32/INT8/FP16 under workdir and return the markdown section.
 
     With add_cifar_models, the CIFAR CNN and MobileNetV2 are added with fixed-seed weights when
-    no run for them is given (their targets are about size and speed); without CIFAR-10 on the
-    machine they are INT8-calibrated on random inputs, which the table's calibration column says.
-    Given runs must find their training images for INT8 calibration.
+    no run for them is given (their targets are about size and speed in CIFAR-10's shape); a model
+    given trained on another dataset (MobileNetV2 on Fashion-MNIST: 1x28x28, width 0.5) gets its
+    CIFAR-10-shaped fixed-seed twin beside it either way, for those targets. Without CIFAR-10 on
+    the machine they are INT8-calibrated on random inputs, which the table's calibration column
+    says. Given runs must find their training images for INT8 calibration.
     """
     workdir = Path(workdir)
     runs = [Path(r) for r in runs]
     loaded = {r: load_checkpoint(r) for r in runs}
     given = {meta["model"] for _, meta in loaded.values()}
-    added = []
-    if add_cifar_models:
-        added = [
-            fixed_seed_run(workdir / "runs" / f"{m}-untrained", m, "cifar10")
-            for m in SPEED_SIZE_TARGET_MODELS
-            if m not in given
-        ]
+    given_cifar = {meta["model"] for _, meta in loaded.values() if meta["dataset"] == "cifar10"}
+    added = [
+        fixed_seed_run(workdir / "runs" / f"{m}-untrained", m, "cifar10")
+        for m in SPEED_SIZE_TARGET_MODELS
+        if (m not in given and add_cifar_models) or (m in given and m not in given_cifar)
+    ]
     repository = workdir / "repository"
     results = [measure_run(r, repository, threads, calibrate_on_random=r in added, loaded=loaded.get(r)) for r in runs + added]
     return render(results, threads)
