@@ -48,6 +48,7 @@ SETTLE_S = 0.5  # after the grace: time for the last answers (UNAVAILABLE ones t
 # 2-core machine at load average 8-10, 0.1 s let a few of 64 callers' requests through refused).
 INTAKE_S = 0.5
 QUIET_S = 0.02  # no request received for this long: grpc's queue of arrived calls is empty
+QUIET_MAX_S = 0.5  # the longest an in-process stop waits for that
 FLUSH_S = 0.05  # for grpc to write the last answers out before the process ends
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -202,8 +203,9 @@ class InferenceServer:
         # Every request received has its answer sent, and the transport's backlog (calls that
         # arrived while the loop was busy) has been taken and refused: grpc would cancel those.
         settle = max(deadline, time.monotonic()) + SETTLE_S
-        quiet = QUIET_S if until_quiet else 0.0
-        await self._until(lambda: self.plane.open_calls == 0 and time.monotonic() - self.plane.last_intake >= quiet, settle)
+        await self._until(lambda: self.plane.open_calls == 0, settle)
+        if until_quiet:  # bounded: under steady traffic refused clients may never pause
+            await self._until(lambda: time.monotonic() - self.plane.last_intake >= QUIET_S, min(settle, time.monotonic() + QUIET_MAX_S))
 
     async def _until(self, condition: Callable[[], bool], until: float) -> None:
         """Until condition() holds, or the time.monotonic() `until`."""

@@ -116,7 +116,7 @@ class DataPlane:
         self._draining_since: float | None = None  # time.monotonic() of the drain's start
         self._intake_s = 0.0
         self.inflight = 0  # requests inside a front end's handler now (event-loop thread only)
-        self.open_calls = 0  # requests received and not yet answered (their answer may be on its way out)
+        self.open_calls = 0  # requests taken and not yet answered (their answer may be on its way out)
         self.last_intake = 0.0  # time.monotonic() of the latest request received
 
     # --- lifecycle (the server app) ---
@@ -191,10 +191,14 @@ class DataPlane:
             return DRAINING
         return None if self._ready else LOADING
 
-    def call_received(self) -> None:
-        """A front end received a request; call_answered once its answer is sent (or its call ended)."""
-        self.open_calls += 1
+    def call_received(self) -> bool:
+        """A front end received a request. True when it is taken (not refused): then
+        call_answered once its answer is sent (or its call ended); the drain waits for those."""
         self.last_intake = time.monotonic()
+        if self.refusal() is not None:
+            return False
+        self.open_calls += 1
+        return True
 
     def call_answered(self) -> None:
         self.open_calls -= 1

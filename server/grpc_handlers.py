@@ -32,8 +32,8 @@ def rpc(api: str) -> Callable[[Handler], Callable[[Any, Request, grpc.aio.Servic
                 return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
 
             plane = self.plane
-            plane.call_received()  # answered once grpc has sent the status (the drain waits for it)
-            context.add_done_callback(lambda _: plane.call_answered())
+            if plane.call_received():  # answered once grpc has sent the status (the drain waits for it)
+                context.add_done_callback(lambda _: plane.call_answered())
             try:
                 with request_scope(plane, GRPC, api, cancelled_code) as call:
                     return await method(self, request, context, call)

@@ -127,7 +127,7 @@ def _answers(plane: DataPlane) -> Callable:
 
     @web.middleware
     async def track(request: web.Request, handler: Handler) -> web.StreamResponse:
-        plane.call_received()
+        taken = plane.call_received()
         try:
             response = await handler(request)
             if plane.refusal() is not None:  # draining: no request after this one on the connection
@@ -136,7 +136,8 @@ def _answers(plane: DataPlane) -> Callable:
             await response.write_eof()
             return response
         finally:
-            plane.call_answered()
+            if taken:
+                plane.call_answered()
 
     return track
 
