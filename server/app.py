@@ -50,6 +50,7 @@ INTAKE_S = 0.5
 QUIET_S = 0.02  # no request received for this long: grpc's queue of arrived calls is empty
 QUIET_MAX_S = 0.5  # the longest an in-process stop waits for that
 FLUSH_S = 0.05  # for grpc to write the last answers out before the process ends
+WORKER_FLUSH_S = 0.1  # how often a worker adds its buffered metrics to its files (metrics.py)
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -94,6 +95,7 @@ class InferenceServer:
         self._server: grpc.aio.Server | None = None
         self._health: Health | None = None
         self.manager: RepositoryManager | None = None
+        self._metrics_flusher: asyncio.Task | None = None
 
     @property
     def address(self) -> str:
@@ -139,7 +141,14 @@ class InferenceServer:
         await self._health.set_all(self.plane.model_names(), SERVING)
         await self._publish_readiness()
         if s.worker:  # listening once loaded: until then the other workers take every connection
+            self._metrics_flusher = asyncio.create_task(self._flush_metrics_periodically())
             await self._listen(server)
+
+    async def _flush_metrics_periodically(self) -> None:
+        """A worker's metrics reach the supervisor through its files (metrics.py)."""
+        while True:
+            await asyncio.sleep(WORKER_FLUSH_S)
+            self.metrics.flush()
 
     async def _listen(self, server: grpc.aio.Server) -> None:
         """Bind the gRPC port and start it, then the HTTP front end's."""
@@ -213,6 +222,10 @@ class InferenceServer:
             await asyncio.sleep(0.005)
 
     async def _close(self, grace: float = 0.0) -> None:
+        if self._metrics_flusher is not None:
+            self._metrics_flusher.cancel()
+            self._metrics_flusher = None
+        self.metrics.flush()
         if self._http is not None:  # after the drain: its answers are sent
             await self._http.stop()
             self._http = None
@@ -240,6 +253,7 @@ async def serve_until_signal(settings: Settings, on_ready: Callable[[InferenceSe
     await stop.wait()
     log.info("signal received: draining (grace %.1f s)", settings.grace_s)
     await server.drain(until_quiet=False)
+    server.metrics.flush()  # a worker's last requests reach its files
     await asyncio.sleep(FLUSH_S)
     log.info("stopped")
     logging.shutdown()

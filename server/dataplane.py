@@ -6,9 +6,8 @@ convert between their wire format and these calls (as MLServer's and KServe's da
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from time import perf_counter_ns
@@ -118,6 +117,7 @@ class DataPlane:
         self.inflight = 0  # requests inside a front end's handler now (event-loop thread only)
         self.open_calls = 0  # requests taken and not yet answered (their answer may be on its way out)
         self.last_intake = 0.0  # time.monotonic() of the latest request received
+        metrics.track_inflight(lambda: self.inflight)
 
     # --- lifecycle (the server app) ---
 
@@ -203,23 +203,19 @@ class DataPlane:
     def call_answered(self) -> None:
         self.open_calls -= 1
 
-    @contextlib.contextmanager
-    def in_flight(self, call: Call | None = None) -> Iterator[None]:
-        """Count a request as in flight (the drain waits for these) while the block runs; a
-        version it looked up through `call` is not freed before the block ends."""
-        self.metrics.inflight.inc()
+    def request_started(self) -> None:
+        """A request is in flight (the drain waits for these) until request_finished."""
         self.inflight += 1
-        try:
-            yield
-        finally:
-            self.metrics.inflight.dec()
-            self.inflight -= 1
-            if call is not None and call.epoch is not None:
-                left = self._epoch_users[call.epoch] - 1
-                if left:
-                    self._epoch_users[call.epoch] = left
-                else:
-                    del self._epoch_users[call.epoch]
+
+    def request_finished(self, call: Call | None = None) -> None:
+        """The request is no longer in flight; a version it looked up through `call` may be freed."""
+        self.inflight -= 1
+        if call is not None and call.epoch is not None:
+            left = self._epoch_users[call.epoch] - 1
+            if left:
+                self._epoch_users[call.epoch] = left
+            else:
+                del self._epoch_users[call.epoch]
 
     def model_names(self) -> list[str]:
         return sorted({mv.name for mv in self._registry.all()})

@@ -13,7 +13,7 @@ import grpc
 
 from .dataplane import Call
 from .errors import ServingError
-from .request_scope import GRPC, request_scope
+from .request_scope import GRPC, RequestScope
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -35,7 +35,7 @@ def rpc(api: str) -> Callable[[Handler], Callable[[Any, Request, grpc.aio.Servic
             if plane.call_received():  # answered once grpc has sent the status (the drain waits for it)
                 context.add_done_callback(lambda _: plane.call_answered())
             try:
-                with request_scope(plane, GRPC, api, cancelled_code) as call:
+                with RequestScope(plane, GRPC, api, cancelled_code) as call:
                     return await method(self, request, context, call)
             except ServingError as exc:
                 await context.abort(exc.code, exc.message)

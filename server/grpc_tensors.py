@@ -11,26 +11,21 @@ from edgecnn.protos import inference_pb2
 from .errors import InvalidArgument
 from .tensor_checks import CLASSIFICATION, DATATYPE, InferOutcome, InputTensor, RequestedOutput
 
+RAW_FIELD = "raw contents"  # how error messages name where the request's values are
+VALUES_FIELD = "contents.fp32_contents"
+
 
 def decode_inputs(request: inference_pb2.ModelInferRequest) -> list[InputTensor]:
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidArgument(f"expected {len(request.inputs)} raw_input_contents entry (one per input), got {len(raw)}")
+    inputs = request.inputs
+    if raw and len(raw) != len(inputs):
+        raise InvalidArgument(f"expected {len(inputs)} raw_input_contents entry (one per input), got {len(raw)}")
     tensors = []
-    for i, tensor in enumerate(request.inputs):
+    for i, tensor in enumerate(inputs):
         if raw and tensor.HasField("contents") and tensor.contents.ByteSize():
             raise InvalidArgument(f"input {tensor.name!r} has both raw_input_contents and contents; send one of them")
-        tensors.append(
-            InputTensor(
-                name=tensor.name,
-                datatype=tensor.datatype,
-                shape=tuple(tensor.shape),
-                raw=raw[i] if raw else None,
-                values=None if raw else tensor.contents.fp32_contents,
-                raw_field="raw contents",
-                values_field="contents.fp32_contents",
-            )
-        )
+        data, values = (raw[i], None) if raw else (None, tensor.contents.fp32_contents)
+        tensors.append(InputTensor(tensor.name, tensor.datatype, tuple(tensor.shape), data, values, RAW_FIELD, VALUES_FIELD))
     return tensors
 
 
@@ -39,6 +34,9 @@ def decode_outputs(request: inference_pb2.ModelInferRequest) -> list[RequestedOu
     "classification", what tritonclient's InferRequestedOutput(class_count=K) sends)."""
     wanted = []
     for output in request.outputs:
+        if not output.parameters:
+            wanted.append(RequestedOutput(output.name, 0))
+            continue
         unknown = sorted(set(output.parameters) - {CLASSIFICATION})
         if unknown:
             raise InvalidArgument(f"output {output.name!r}: unsupported parameters {unknown}; expected only {CLASSIFICATION!r}")

@@ -41,7 +41,7 @@ from .dataplane import Call, DataPlane
 from .errors import InvalidArgument, NotFound, QueueFull, ServingError, TooLarge, Unauthenticated, Unavailable
 from .http_tensors import BINARY_TYPE, HEADER_LENGTH, JSON_TYPE, decode_request, encode_outcome
 from .images import ImageInput
-from .request_scope import HTTP, request_scope
+from .request_scope import HTTP, RequestScope
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def counted(api: str) -> Callable:
     def decorate(method: Callable[[Any, web.Request, Call], Awaitable[web.StreamResponse]]):
         @functools.wraps(method)
         async def handler(self, request: web.Request) -> web.StreamResponse:
-            with request_scope(self.plane, HTTP, api) as call:
+            with RequestScope(self.plane, HTTP, api) as call:
                 return await method(self, request, call)
 
         handler.api = api  # type: ignore[attr-defined]

@@ -43,6 +43,13 @@ Buckets (why they are what they are; deploy/grafana and deploy/prometheus/rules.
 The `_created` series (one more per counter and histogram child, in the OpenMetrics format) are
 off: nothing reads them, and they doubled the series of every counter.
 
+The request path does not update these metrics itself: a request's counter and durations, and
+the queue-wait, inference and batch-size histograms, are appended to buffers that are added to
+their metrics in bulk whenever the registry is read (every scrape; server/metric_buffers.py), and
+edgecnn_inflight_requests reads the data plane's count when scraped. A scrape therefore shows
+every request answered before it, as it would with per-request updates, at a fraction of the
+cost per request.
+
 `edgecnn serve --workers N` (server/workers.py): each worker's Metrics(multiprocess=True) writes
 its values to prometheus_client's files in PROMETHEUS_MULTIPROC_DIR, and the supervisor serves
 one /metrics over all of them with the same names and labels (server/worker_metrics.py):
@@ -51,7 +58,8 @@ gauges kept per process ("liveall", dropped when a worker dies: mark_process_dea
 there: in-flight and queue depth summed, edgecnn_server_ready the minimum (1 only while every
 worker serves), the per-version gauges and edgecnn_model_info the maximum. prometheus_client's
 Info has no multiprocess mode: a worker keeps edgecnn_model_info as a gauge of value 1, served
-as an info metric again. Files cannot drop a series, so a worker marks a removed version's
+as an info metric again. A worker adds its buffers to its files every WORKER_FLUSH_S (app.py) and before it exits, so
+the supervisor's /metrics lags a worker's requests by up to that. Files cannot drop a series, so a worker marks a removed version's
 gauges NaN and the supervisor leaves NaN samples out. The process_* metrics sum the supervisor
 and its workers (CPU seconds also count the workers that have exited); python_info and
 python_gc_* are the supervisor's own.
@@ -60,6 +68,8 @@ python_gc_* are the supervisor's own.
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -74,6 +84,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import start_http_server
 
+from .metric_buffers import HistogramBuffer, add_observations
 from .model_version import ModelVersion
 
 # Process-wide in prometheus_client (it applies to every registry).
@@ -90,14 +101,32 @@ INFO_LABELS = ("architecture", "provider", "opset", "quantization", "dataset")  
 
 
 class ModelMetrics:
-    """The per-version children, bound once so the hot path skips label lookups."""
+    """The per-version children, bound once so the hot path skips label lookups; the histograms
+    buffered (metric_buffers.py)."""
 
     def __init__(self, metrics: Metrics, mv: ModelVersion) -> None:
         labels = (mv.name, mv.version_str)
-        self.queue_wait = metrics.queue_wait.labels(*labels)
-        self.inference = metrics.inference.labels(*labels)
-        self.batch_size = metrics.batch_size.labels(*labels)
+        self.queue_wait = HistogramBuffer(metrics.queue_wait.labels(*labels))
+        self.inference = HistogramBuffer(metrics.inference.labels(*labels))
+        self.batch_size = HistogramBuffer(metrics.batch_size.labels(*labels))
         self.queue_depth = metrics.queue_depth.labels(*labels)
+
+    def flush(self) -> None:
+        self.queue_wait.flush()
+        self.inference.flush()
+        self.batch_size.flush()
+
+
+class _FlushFirst:
+    """The registry's first collector: the buffered observations reach their metrics before any
+    metric is read."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> list:
+        self._metrics.flush()
+        return []
 
 
 class Metrics:
@@ -106,6 +135,13 @@ class Metrics:
         self.multiprocess = multiprocess
         self.registry = CollectorRegistry()
         r = self.registry
+        self._flush_lock = threading.Lock()
+        self._model_metrics: dict[tuple[str, str], ModelMetrics] = {}  # by (model, version)
+        # Per (model, version, api, code, protocol): its counter and duration children and the
+        # durations observed since the last flush.
+        self._request_series: dict[tuple[str, str, str, str, str], tuple[Counter, Histogram, list[float]]] = {}
+        self._inflight_now: Callable[[], int] | None = None
+        r.register(_FlushFirst(self))
         per_process = {"multiprocess_mode": "liveall"} if multiprocess else {}
         ProcessCollector(registry=r)  # CPU seconds, resident memory, open and max fds, start time
         PlatformCollector(registry=r)  # python_info
@@ -161,12 +197,37 @@ class Metrics:
             ["model", "version"], registry=r,
         )
         self._nonfinite_children: dict[tuple[str, str], Counter] = {}
-        self._request_children: dict[tuple[str, str, str, str, str], tuple[Counter, Histogram]] = {}
         self._http = None
 
+    def track_inflight(self, now: Callable[[], int]) -> None:
+        """edgecnn_inflight_requests reads now() (the data plane's count) instead of being
+        incremented per request: when scraped, or in a worker at every flush (its files are read
+        by the supervisor)."""
+        self._inflight_now = now
+        if not self.multiprocess:
+            self.inflight.set_function(now)
+
+    def flush(self) -> None:
+        """Add the buffered observations to their metrics: before every scrape and read of the
+        registry (_FlushFirst), and in a worker periodically (app.py), since the supervisor reads
+        its files. The requests first: a request's batch observations precede its own, so a
+        request counted has its batch counted too."""
+        with self._flush_lock:
+            for counter, duration, pending in list(self._request_series.values()):
+                n = len(pending)
+                if n:
+                    counter.inc(n)
+                    add_observations(duration, pending[:n])
+                    del pending[:n]
+            for model in list(self._model_metrics.values()):
+                model.flush()
+            if self.multiprocess and self._inflight_now is not None:
+                self.inflight.set(self._inflight_now())
+
     def add_model(self, mv: ModelVersion) -> ModelMetrics:
-        self.parameters.labels(mv.name, mv.version_str).set(mv.params)
-        self.onnx_bytes.labels(mv.name, mv.version_str).set(mv.onnx_bytes)
+        key = (mv.name, mv.version_str)
+        self.parameters.labels(*key).set(mv.params)
+        self.onnx_bytes.labels(*key).set(mv.onnx_bytes)
         info = {
             "architecture": mv.architecture,
             "provider": mv.provider,
@@ -175,9 +236,8 @@ class Metrics:
             "dataset": mv.dataset,
         }
         if isinstance(self.model_info, Info):
-            self.model_info.labels(mv.name, mv.version_str).info(info)
+            self.model_info.labels(*key).info(info)
         else:
-            key = (mv.name, mv.version_str)
             if key in self._removed:  # back after an unload: its queue depth counts from 0 again, not from NaN
                 self._removed.discard(key)
                 self.queue_depth.labels(*key).set(0)
@@ -186,11 +246,18 @@ class Metrics:
                 self._drop(self.model_info, self._info_labels[key])
             self._info_labels[key] = labels
             self.model_info.labels(*labels).set(1)
-        return ModelMetrics(self, mv)
+        # A version reloaded while its predecessor retires shares its buffers (and children).
+        model = self._model_metrics.get(key)
+        if model is None:
+            model = self._model_metrics[key] = ModelMetrics(self, mv)
+        return model
 
     def remove_model(self, mv: ModelVersion) -> None:
-        """Drop the per-version series of an unloaded version (the counters stay: they count what happened)."""
+        """Drop the per-version series of an unloaded version (the counters and histograms stay:
+        they count what happened)."""
+        self.flush()
         labels = (mv.name, mv.version_str)
+        self._model_metrics.pop(labels, None)
         for metric in (self.parameters, self.onnx_bytes, self.queue_depth):
             self._drop(metric, labels)
         if self.multiprocess:
@@ -218,13 +285,13 @@ class Metrics:
         child.inc()
 
     def observe_request(self, model: str, version: str, api: str, code: str, seconds: float, *, protocol: str) -> None:
+        """One finished request (buffered until the next flush)."""
         key = (model, version, api, code, protocol)
-        children = self._request_children.get(key)
-        if children is None:
-            children = (self.requests.labels(*key), self.request_duration.labels(model, version, api, protocol))
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        series = self._request_series.get(key)
+        if series is None:
+            series = (self.requests.labels(*key), self.request_duration.labels(model, version, api, protocol), [])
+            self._request_series[key] = series
+        series[2].append(seconds)
 
     def serve_http(self, host: str, port: int) -> int:
         """Start the /metrics endpoint on a daemon thread; returns the bound port."""

@@ -3,19 +3,19 @@ while the server loads or drains (Unavailable, raised before the request is coun
 so a drain never waits for requests it refuses), count it in flight, and observe its request
 metrics (the outcome's gRPC status name as the code for both protocols, and the protocol).
 
-A front end wraps its handler in request_scope and turns what escapes it into its own status:
+A front end wraps its handler in a RequestScope and turns what escapes it into its own status:
 
-    with request_scope(plane, GRPC, "ModelInfer") as call:
+    with RequestScope(plane, GRPC, "ModelInfer") as call:
         return await handle(request, call)   # the data plane labels `call` with the model
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from time import perf_counter
+from types import TracebackType
 
 from .dataplane import Call, DataPlane
 from .errors import ServingError, Unavailable
@@ -30,34 +30,46 @@ def _cancelled() -> str:
     return "CANCELLED"
 
 
-@contextlib.contextmanager
-def request_scope(
-    plane: DataPlane, protocol: str, api: str, cancelled_code: Callable[[], str] = _cancelled
-) -> Iterator[Call]:
-    """`cancelled_code`: the code of a request cancelled under the block (a gRPC deadline that
-    passed is DEADLINE_EXCEEDED). Exceptions propagate unchanged once counted; an unexpected
-    one is logged with its traceback and counted INTERNAL."""
-    metrics = plane.metrics
-    start = perf_counter()
-    refusal = plane.refusal()
-    if refusal is not None:
-        metrics.observe_request("", "", api, Unavailable.code.name, perf_counter() - start, protocol=protocol)
-        raise Unavailable(refusal)
-    call = Call()
-    code = "OK"
-    with plane.in_flight(call):
-        try:
-            yield call
-        except ServingError as exc:
+class RequestScope:
+    """A context manager (a class, not a generator: it wraps every request). `cancelled_code`:
+    the code of a request cancelled under the block (a gRPC deadline that passed is
+    DEADLINE_EXCEEDED). Exceptions propagate unchanged once counted; an unexpected one is
+    logged with its traceback and counted INTERNAL."""
+
+    __slots__ = ("_api", "_call", "_cancelled_code", "_plane", "_protocol", "_start")
+
+    def __init__(self, plane: DataPlane, protocol: str, api: str, cancelled_code: Callable[[], str] = _cancelled) -> None:
+        self._plane = plane
+        self._protocol = protocol
+        self._api = api
+        self._cancelled_code = cancelled_code
+
+    def __enter__(self) -> Call:
+        plane = self._plane
+        self._start = perf_counter()
+        refusal = plane.refusal()
+        if refusal is not None:
+            plane.metrics.observe_request("", "", self._api, Unavailable.code.name, perf_counter() - self._start, protocol=self._protocol)
+            raise Unavailable(refusal)
+        self._call = call = Call()
+        plane.request_started()
+        return call
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        call = self._call
+        if exc is None:
+            code = "OK"
+        elif isinstance(exc, ServingError):
             code = exc.code.name
-            raise
-        except asyncio.CancelledError:
-            code = cancelled_code()
-            raise
-        except Exception:
+        elif isinstance(exc, asyncio.CancelledError):
+            code = self._cancelled_code()
+        elif isinstance(exc, Exception):
             code = "INTERNAL"
-            log.exception("%s (%s) failed", api, protocol)
-            raise
-        finally:
+            log.error("%s (%s) failed", self._api, self._protocol, exc_info=exc)
+        else:
+            code = "OK"  # KeyboardInterrupt, SystemExit: not the request's outcome
+        try:
             # Counted before the front end sends the status: a client that sees it sees it counted.
-            metrics.observe_request(call.model, call.version, api, code, perf_counter() - start, protocol=protocol)
+            self._plane.metrics.observe_request(call.model, call.version, self._api, code, perf_counter() - self._start, protocol=self._protocol)
+        finally:
+            self._plane.request_finished(call)

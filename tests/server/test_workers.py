@@ -148,9 +148,11 @@ def test_a_killed_worker_is_replaced(two_workers):
         assert time.monotonic() < deadline, "".join(two_workers.output)
         time.sleep(0.05)
     assert len(workers_behind(two_workers.address)) == 2
-    after = scrape(two_workers)
     ok = {**OK_INFER, "protocol": "grpc"}
-    assert sample(after, "edgecnn_requests_total", **ok) >= sample(before, "edgecnn_requests_total", **ok) + 8 + 32  # the dead worker's counts stay
+    counted = sample(before, "edgecnn_requests_total", **ok) + 8 + 32  # the dead worker's counts stay
+    # A worker adds its requests to its files every WORKER_FLUSH_S (server/metrics.py).
+    wait_until(lambda: sample(scrape(two_workers), "edgecnn_requests_total", **ok) >= counted, "the requests counted")
+    after = scrape(two_workers)
     assert sample(after, "edgecnn_server_ready") == 1 and sample(after, "edgecnn_model_parameters", model="lenet5", version="1") == PARAMS_LENET5
 
 
@@ -240,6 +242,7 @@ for version in sys.argv[5].split(",") if sys.argv[5] else []:  # loaded again: i
 m.inflight.inc(int(sys.argv[3]))
 m.ready.set(int(sys.argv[4]))
 m.observe_request("lenet5", "1", "ModelInfer", "OK", 0.001, protocol="grpc")
+m.flush()  # as a worker does periodically and before it exits
 """
 
 
