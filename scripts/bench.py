@@ -289,7 +289,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the HTTP targets' steps (those of --concurrency)")
     parser.add_argument("--workers-models", default="lenet5",
                         help="models served by `edgecnn serve --workers 1` and `--workers 2` too, CPU only ('': none)")
-    parser.add_argument("--workers-concurrency", type=positive_ints, default="64", help="the workers servers' steps (those of --concurrency)")
+    parser.add_argument("--workers-concurrency", type=positive_ints, default="1,64",
+                        help="the workers servers' steps (those of --concurrency; at 1 perf_analyzer calls over one connection)")
     parser.add_argument("--workers-connections", type=int_at_least(1), default=4,
                         help="gRPC connections per client process to the workers servers (SO_REUSEPORT balances connections)")
     parser.add_argument("--pa-rounds", type=int_at_least(0), default=3, help="rounds in which perf_analyzer measures every server too "

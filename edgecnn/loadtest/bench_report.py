@@ -35,6 +35,9 @@ WORKERS = {
 }
 WORKERS_OVER_ONE, WORKERS_OVER_FLOOR = 1.3, 1.2  # --workers 2 against --workers 1 and the faster floor, at c=64
 WORKERS_JUDGED_MODES = ("sync",)  # perf_analyzer's modes with >= 4 connections at c=64 (sync: 11; --async: 3)
+# One client connection reaches one worker: at c=1 perf_analyzer calls over one connection, and
+# --workers 2 should give it what --workers 1 does (within the noise of these runs).
+WORKERS_ONE_CONNECTION, WORKERS_ONE_CONNECTION_SHARE = 1, 0.95
 LOADTEST = "edgecnn loadtest"
 # perf_analyzer's goals (issue 15): tighter than the load tester's, whose client costs more per request.
 PA_SHARE, PA_LATENCY = 0.9, 1.05
@@ -182,7 +185,8 @@ def _http_targets(model: str, device: str, servers: dict, pa_servers: dict, http
 def _workers_targets(model: str, device: str, servers: dict, pa_servers: dict, workers: dict | None) -> list[tuple[str, str, bool]]:
     """Issue 15: at c=64 over several connections, --workers 2 >= WORKERS_OVER_ONE x --workers 1
     and >= WORKERS_OVER_FLOOR x the faster floor (the one with more req/s there), per client with
-    enough connections (the load tester; perf_analyzer sync)."""
+    enough connections (the load tester; perf_analyzer sync); and perf_analyzer's one connection
+    at c=1 gets >= WORKERS_ONE_CONNECTION_SHARE of --workers 1's req/s."""
     if not workers or model not in workers.get("models", []) or device != "cpu":
         return []
     top = TOP_CONCURRENCY
@@ -204,6 +208,19 @@ def _workers_targets(model: str, device: str, servers: dict, pa_servers: dict, w
                 continue
             ratio = _ratio(two, base)
             rows.append((goal, f"{two:.0f} vs {base:.0f} req/s ({label}) = {_times(ratio)}", ratio is not None and ratio >= share))
+    c = WORKERS_ONE_CONNECTION
+    if c not in workers.get("concurrency", []):
+        return rows
+    for client, reports in _clients(servers, pa_servers, "workers-2"):
+        if client == LOADTEST:  # it spreads even one caller's requests over its connections
+            continue
+        goal = f"{model} [{client}]: one client connection (c={c}) to --workers 2 gets >= {WORKERS_ONE_CONNECTION_SHARE:.0%} of --workers 1's req/s"
+        two, one = (_req_per_s_at(reports.get(k), c) for k in ("workers-2", "workers-1"))
+        if two is None or one is None:
+            rows.append((goal, f"not measured (no c={c} figures)", False))
+            continue
+        ratio = _ratio(two, one)
+        rows.append((goal, f"{two:.0f} vs {one:.0f} req/s (workers-1) = {_times(ratio)}", ratio is not None and ratio >= WORKERS_ONE_CONNECTION_SHARE))
     return rows
 
 
@@ -504,8 +521,9 @@ def _workers_section(results: dict) -> list[str]:
         "",
         f"At c={', '.join(map(str, workers['concurrency']))}: the load tester over {workers['connections']} client "
         f"connections ({workers['connections_per_process']} per client process), perf_analyzer over its own (sync: 11, "
-        f"--async: about 3). Targets: --workers 2 >= {WORKERS_OVER_ONE:g}x --workers 1 and >= {WORKERS_OVER_FLOOR:g}x "
-        "the faster floor, client and servers on the same CPUs.",
+        f"--async: about 3; at c=1 one). Targets: --workers 2 >= {WORKERS_OVER_ONE:g}x --workers 1 and >= {WORKERS_OVER_FLOOR:g}x "
+        f"the faster floor at c={TOP_CONCURRENCY}, and one connection (perf_analyzer at c={WORKERS_ONE_CONNECTION}) no worse than "
+        "--workers 1, client and servers on the same CPUs.",
         "",
         _md_table(["model", "client", "server", "concurrency", "req/s", "x workers-1", "x faster floor", "p50 ms", "p99 ms", "errors"], rows),
         "",

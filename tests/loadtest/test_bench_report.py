@@ -243,3 +243,18 @@ def test_a_run_without_workers_says_why():
     assert "not measured in this run (edgecnn serve has no --workers option)" in text and not bench_report._workers_section(data)
     del data["settings"]["workers"], data["settings"]["http"]  # results from before these rows: no such goals
     assert not any("workers" in goal or "HTTP" in goal for goal in rows_of(data))
+
+
+def test_one_connection_to_two_workers_is_judged_against_one_worker_at_c1():
+    data = with_perf_analyzer(with_http_and_workers(results({"cpu": servers(1.0, 1.0, 1.0)}, models=("lenet5",))), "lenet5")
+    data["settings"]["workers"]["concurrency"] = [1, 64]
+    pa = data["perf_analyzer"]["lenet5"]
+    pa["workers-1"] = {m: pa_report(m, {1: 1000.0, 64: 2000.0}, 0.5) for m in ("sync", "async")}
+    pa["workers-2"] = {"sync": pa_report("sync", {1: 950.0, 64: 3000.0}, 0.5), "async": pa_report("async", {1: 949.0, 64: 3000.0}, 0.5)}
+    rows = rows_of(data)
+    goal = "lenet5 [perf_analyzer ({})]: one client connection (c=1) to --workers 2 gets >= 95% of --workers 1's req/s"
+    assert rows[goal.format("sync")] == ("950 vs 1000 req/s (workers-1) = 0.950x", True)
+    assert rows[goal.format("async")] == ("949 vs 1000 req/s (workers-1) = 0.949x", False)
+    assert not any("[edgecnn loadtest]: one client connection" in g for g in rows), "the load tester spreads over its connections"
+    del pa["workers-2"]["async"]["steps"][0]
+    assert rows_of(data)[goal.format("async")] == ("not measured (no c=1 figures)", False)

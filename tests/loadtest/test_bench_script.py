@@ -104,7 +104,7 @@ def test_results_are_saved_after_every_finished_leg(bench, tmp_path, monkeypatch
     assert list(saved["servers"]) == ["lenet5"] and set(saved["servers"]["lenet5"]) == set(bench.SERVERS)
     assert saved["settings"]["concurrency"] == "1,4,16,64" and saved["settings"]["devices"] == ["cpu"]
     assert saved["settings"]["http"] == {"models": ["lenet5"], "concurrency": [1, 16, 64]}
-    assert saved["settings"]["workers"] == {"models": ["lenet5"], "concurrency": [64], "connections_per_process": 4, "connections": 8,
+    assert saved["settings"]["workers"] == {"models": ["lenet5"], "concurrency": [1, 64], "connections_per_process": 4, "connections": 8,
                                             "missing": "edgecnn serve has no --workers option"}  # fmt: skip
     assert [p.name for p in workdir.iterdir()] == ["results.json"]  # no temporary file left behind
 
@@ -168,7 +168,7 @@ def test_servers_are_measured_in_alternating_slices_and_pooled_per_round(bench, 
     monkeypatch.setattr(bench, "running", running)
     monkeypatch.setattr(side_by_side, "WorkerPool", lambda processes: nullcontext())
     monkeypatch.setattr(side_by_side, "run_slice", run_slice)
-    args = bench.parse_args(["--devices", "cpu", "--rounds", "2", "--slices", "2", "--concurrency", "1,4", "--workdir", str(tmp_path),
+    args = bench.parse_args(["--devices", "cpu", "--rounds", "2", "--slices", "2", "--concurrency", "1,4", "--workers-concurrency", "64", "--workdir", str(tmp_path),
                              "--http-models", ""])  # fmt: skip
     model = bench.BenchModel("lenet5", tmp_path, tmp_path / "model.onnx", 1000, (1, 28, 28), "test")
     reports = bench.measure_servers(model, "cpu", args, lambda message: None)
@@ -214,7 +214,7 @@ def test_perf_analyzer_measures_the_same_servers_in_the_first_pa_rounds(bench, t
     monkeypatch.setattr(side_by_side, "WorkerPool", lambda processes: nullcontext())
     monkeypatch.setattr(side_by_side, "run_slice", run_slice)
     monkeypatch.setattr(bench.pa, "measure_round", measure_round)
-    args = bench.parse_args(["--devices", "cpu", "--rounds", "3", "--slices", "1", "--concurrency", "1,4", "--workdir", str(tmp_path),
+    args = bench.parse_args(["--devices", "cpu", "--rounds", "3", "--slices", "1", "--concurrency", "1,4", "--workers-concurrency", "64", "--workdir", str(tmp_path),
                              "--pa-rounds", "2", "--pa-modes", "async", "--pa-interval-ms", "300", "--http-models", ""])  # fmt: skip
     args.perf_analyzer = object()
     model = bench.BenchModel("lenet5", tmp_path, tmp_path / "model.onnx", 1000, (1, 28, 28), "test")
@@ -230,7 +230,7 @@ def test_perf_analyzer_measures_the_same_servers_in_the_first_pa_rounds(bench, t
 
 def test_http_and_workers_targets_are_measured_beside_the_servers(bench, tmp_path, monkeypatch):
     """LeNet-5: the batching-off process also over HTTP, binary and JSON, with its own REST bodies
-    at the HTTP steps; workers-1 and workers-2 (--workers N) at c=64 over several connections per
+    at the HTTP steps; workers-1 and workers-2 (--workers N) at c=1 and 64 over several connections per
     client process; perf_analyzer measures each target over its protocol at its own steps."""
     from contextlib import contextmanager, nullcontext
 
@@ -272,7 +272,7 @@ def test_http_and_workers_targets_are_measured_beside_the_servers(bench, tmp_pat
     assert list(commands) == [*bench.SERVERS, *bench.WORKERS], "the workers servers start with the four"
     assert commands["workers-2"][-2:] == ["--workers", "2"] and commands["workers-1"][-2:] == ["--workers", "1"]
     assert "--workers" not in commands["batching-off"]
-    expected = {**{k: [1, 4, 64] for k in bench.SERVERS}, "http-binary": [1, 64], "http-json": [1, 64], "workers-1": [64], "workers-2": [64]}
+    expected = {**{k: [1, 4, 64] for k in bench.SERVERS}, "http-binary": [1, 64], "http-json": [1, 64], "workers-1": [1, 64], "workers-2": [1, 64]}
     assert {k: [s["concurrency"] for s in r["steps"]] for k, r in reports.items()} == expected
     assert {k: [s["concurrency"] for s in r["sync"]["steps"]] for k, r in by_pa.items()} == expected, "perf_analyzer: the same steps"
     http = {(server, protocol, body) for server, protocol, body, _, _, _ in sliced if protocol == "http"}
@@ -282,7 +282,7 @@ def test_http_and_workers_targets_are_measured_beside_the_servers(bench, tmp_pat
     assert first_payload["http://batching-off:2", "json"].startswith(b'{"inputs"') and header_length(first_payload["http://batching-off:2", "json"]) is None
     assert {server: n for server, _, _, n, _, _ in sliced if n > 1} == {"workers-1:1": 4, "workers-2:1": 4}
     assert ("http://batching-off:2", 64, "http", "json") in pa_calls and ("workers-2:1", 64, "grpc", "binary") in pa_calls
-    assert ("workers-2:1", 1, "grpc", "binary") not in pa_calls
+    assert ("workers-2:1", 1, "grpc", "binary") in pa_calls  # one connection, at c=1
 
 
 def test_no_workers_servers_without_the_option_or_off_the_cpu(bench, tmp_path):
@@ -293,7 +293,8 @@ def test_no_workers_servers_without_the_option_or_off_the_cpu(bench, tmp_path):
     args.workers_missing = "edgecnn serve has no --workers option"
     assert bench.server_kinds(model, "cpu", args) == list(bench.SERVERS)
     assert bench.server_kinds(model, "cpu", bench.parse_args(["--devices", "cpu", "--workers-models", ""])) == list(bench.SERVERS)
-    assert bench.parse_args(["--devices", "cpu", "--concurrency", "1,4"]).workers_sweep == ()
+    assert bench.parse_args(["--devices", "cpu", "--concurrency", "4,16"]).workers_sweep == ()
+    assert bench.parse_args(["--devices", "cpu", "--concurrency", "1,4"]).workers_sweep == (1,)
 
 
 def test_workers_are_measured_only_where_serve_takes_the_option(bench, monkeypatch):
