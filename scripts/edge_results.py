@@ -306,8 +306,8 @@ def render_int8_search(r: ModelResult) -> list[str]:
         "",
         f"Each try is static QDQ with per-channel int8 weights and uint8 activations, calibrated on the same "
         f"512 training images. The variant is chosen on validation images, {found.validation}: plain MinMax PTQ "
-        f"if its drop there is ≤ {found.target:g} points ({VALIDATION_MARGIN:g} of the test bar of {found.bar:g} "
-        "points, since the model fits training images better than test images), else the best calibration, else "
+        f"if its drop there is ≤ {found.target:g} points ({VALIDATION_MARGIN:g} of the test bar, a drop of at most {found.bar:g} "
+        f"point{'' if found.bar == 1 else 's'}, since the model fits training images better than test images), else the best calibration, else "
         "that calibration with the most sensitive nodes kept in float, one more at a time. Every try is also "
         f"measured on the test split ({r.test_data}); drops are against ONNX Runtime FP32. Percentile clips each "
         "activation's range to its central 99.999% of values (histogram over the calibration images); entropy "
