@@ -286,13 +286,16 @@ class DataPlane:
         """The InferOutcome, or encode(outcome) when given: the front end's encoding is then
         timed as the request's compute_output (statistics.py)."""
         mv = self._model(name, version, call)
-        stats = self._statistics_of(mv)
+        batcher = self._batcher_of(mv)
+        stats = batcher.stats if batcher is not None else VersionStatistics()  # see _statistics_of
         start = perf_counter_ns()
         try:
             x = input_batch(inputs, mv, self.reject_nonfinite, self.metrics.count_nonfinite)
             count = class_count(outputs, mv)
             decoded = perf_counter_ns()
-            outcome = InferOutcome(mv, await self._run(mv, x), count)
+            if batcher is None:  # not yet serving
+                raise Unavailable(LOADING)
+            outcome = InferOutcome(mv, await batcher.infer(x), count)
             computed = perf_counter_ns()
             answer = outcome if encode is None else encode(outcome)
         except BaseException:

@@ -196,7 +196,7 @@ class Metrics:
             "edgecnn_model_load_failures", "Loads of a model version that failed (the version did not serve)",
             ["model", "version"], registry=r,
         )
-        self._nonfinite_children: dict[tuple[str, str], Counter] = {}
+        self._nonfinite_pending: dict[tuple[str, str], tuple[Counter, list[int]]] = {}  # the counter child, one 1 per request
         self._http = None
 
     def track_inflight(self, now: Callable[[], int]) -> None:
@@ -219,6 +219,11 @@ class Metrics:
                     counter.inc(n)
                     add_observations(duration, pending[:n])
                     del pending[:n]
+            for counter, ones in list(self._nonfinite_pending.values()):
+                n = len(ones)
+                if n:
+                    counter.inc(n)
+                    del ones[:n]
             for model in list(self._model_metrics.values()):
                 model.flush()
             if self.multiprocess and self._inflight_now is not None:
@@ -277,12 +282,12 @@ class Metrics:
 
     def count_nonfinite(self, mv: ModelVersion) -> None:
         """One more request of mv whose input held NaN or infinite values (perf_analyzer's random
-        data does in nearly every request: the child is looked up once)."""
+        data does in nearly every request; buffered until the next flush)."""
         key = (mv.name, mv.version_str)
-        child = self._nonfinite_children.get(key)
-        if child is None:
-            child = self._nonfinite_children[key] = self.nonfinite_inputs.labels(*key)
-        child.inc()
+        pending = self._nonfinite_pending.get(key)
+        if pending is None:
+            pending = self._nonfinite_pending[key] = (self.nonfinite_inputs.labels(*key), [])
+        pending[1].append(1)
 
     def observe_request(self, model: str, version: str, api: str, code: str, seconds: float, *, protocol: str) -> None:
         """One finished request (buffered until the next flush)."""
