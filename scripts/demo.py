@@ -127,7 +127,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "scripts"))
     from results import train_command  # scripts/results.py: the recipes of `make results`
 
-    print("\nA trained MobileNetV2 (width 0.5; about an hour on 2 CPU cores), as `make results` trains it")
+    print("\nA trained MobileNetV2 (width 0.5; about 75 minutes on 2 CPU cores), as `make results` trains it")
     print("into runs/ and `make bench` then serves it:")
     print(f"  {train_command('mobilenet-v2')}")
     return 0

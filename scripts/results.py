@@ -38,7 +38,7 @@ RUNS = [
         {"epochs": 60, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05, "augment": "crop-flip", "crop_padding": 1},
     ),
     ("mlp", "84.18%", 0.842, {"epochs": 20, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "augment": "flip"}),
-    # Above LeNet-5. Width 0.5 and 2 threads so that it trains in about an hour on 2 CPU cores;
+    # Above LeNet-5. Width 0.5 and 2 threads so that it trains in about 75 minutes on 2 CPU cores;
     # training is channels-last there (TrainConfig.memory_format auto), about 2x faster than NCHW.
     (
         "mobilenet-v2", "n/a", 0.925,
