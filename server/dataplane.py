@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from time import perf_counter_ns
@@ -286,16 +286,13 @@ class DataPlane:
         """The InferOutcome, or encode(outcome) when given: the front end's encoding is then
         timed as the request's compute_output (statistics.py)."""
         mv = self._model(name, version, call)
-        batcher = self._batcher_of(mv)
-        stats = batcher.stats if batcher is not None else VersionStatistics()  # see _statistics_of
+        batcher, stats = self._served_by(mv)
         start = perf_counter_ns()
         try:
             x = input_batch(inputs, mv, self.reject_nonfinite, self.metrics.count_nonfinite)
             count = class_count(outputs, mv)
             decoded = perf_counter_ns()
-            if batcher is None:  # not yet serving
-                raise Unavailable(LOADING)
-            outcome = InferOutcome(mv, await batcher.infer(x), count)
+            outcome = InferOutcome(mv, await _computed(batcher, x), count)
             computed = perf_counter_ns()
             answer = outcome if encode is None else encode(outcome)
         except BaseException:
@@ -308,7 +305,7 @@ class DataPlane:
         self, name: str, version: str, images: Sequence[ImageInput], top_k: int = 1, call: Call | None = None
     ) -> Classification:
         mv = self._model(name, version, call)
-        stats = self._statistics_of(mv)
+        batcher, stats = self._served_by(mv)
         start = perf_counter_ns()
         try:
             limit = mv.serving.batch_limit
@@ -319,7 +316,7 @@ class DataPlane:
             else:
                 x = images_to_batch(images, mv)
             decoded = perf_counter_ns()
-            logits = await self._run(mv, x)
+            logits = await _computed(batcher, x)
             computed = perf_counter_ns()
             scores = softmax(logits)
             k = min(max(top_k, 1), mv.num_classes)
@@ -349,10 +346,12 @@ class DataPlane:
             if (batcher := self._batcher_of(mv)) is not None
         ]
 
-    def _statistics_of(self, mv: ModelVersion) -> VersionStatistics:
+    def _served_by(self, mv: ModelVersion) -> tuple[Batcher | None, VersionStatistics]:
+        """mv's batcher, looked up once per request, and the statistics the request counts in.
+        Not served (yet): no batcher, the request fails in _computed with UNAVAILABLE and its
+        numbers go nowhere."""
         batcher = self._batcher_of(mv)
-        # Not served (yet): the request fails in _run with UNAVAILABLE; its numbers go nowhere.
-        return batcher.stats if batcher is not None else VersionStatistics()
+        return batcher, (batcher.stats if batcher is not None else VersionStatistics())
 
     def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
         serving = self.serving()
@@ -387,15 +386,16 @@ class DataPlane:
             return batcher
         return next((b for b in self._retiring if b.mv is mv), None)
 
-    async def _run(self, mv: ModelVersion, x: np.ndarray) -> np.ndarray:
-        batcher = self._batcher_of(mv)
-        if batcher is None:  # not yet serving
-            raise Unavailable(LOADING)
-        return await batcher.infer(x)
-
     def batcher(self, name: str, version: int) -> Batcher:
         """A version's batcher (for tests and diagnostics)."""
         return self._batchers[(name, version)]
 
     def batchers(self) -> list[Batcher]:
         return list(self._batchers.values())
+
+
+def _computed(batcher: Batcher | None, x: np.ndarray) -> Awaitable[np.ndarray]:
+    """The batcher's logits for x (UNAVAILABLE while the version is not yet served)."""
+    if batcher is None:
+        raise Unavailable(LOADING)
+    return batcher.infer(x)

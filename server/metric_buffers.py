@@ -9,7 +9,7 @@ that against prometheus_client itself, since this reads its histogram child's bu
 
 Thread safety: `observe` is list.append, which any thread may call (the worker threads observe
 their ONNX Runtime calls); `flush` takes the first n values and deletes exactly those, so a
-value appended meanwhile waits for the next flush instead of being lost. One flusher at a time
+value appended meanwhile waits for the next flush instead of being lost (taken()). One flusher at a time
 (the caller holds a lock).
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 
 def add_observations(child: Histogram, values: Sequence[float]) -> None:
@@ -26,12 +26,20 @@ def add_observations(child: Histogram, values: Sequence[float]) -> None:
     if not values:
         return
     bounds = child._upper_bounds  # the last one is +Inf
-    taken = np.asarray(values, dtype=np.float64)
+    array = np.asarray(values, dtype=np.float64)
     # A value v counts in the first bucket whose bound is >= v, as in Histogram.observe; NaN in none.
-    counts = np.bincount(np.searchsorted(bounds, taken, side="left"), minlength=len(bounds))[: len(bounds)]
+    counts = np.bincount(np.searchsorted(bounds, array, side="left"), minlength=len(bounds))[: len(bounds)]
     for i in np.flatnonzero(counts):
         child._buckets[i].inc(int(counts[i]))
-    child._sum.inc(float(taken.sum()))
+    child._sum.inc(float(array.sum()))
+
+
+def taken(pending: list) -> list:
+    """The values appended to pending so far, removed from it (values appended meanwhile stay)."""
+    n = len(pending)
+    values = pending[:n]
+    del pending[:n]
+    return values
 
 
 class HistogramBuffer:
@@ -45,8 +53,21 @@ class HistogramBuffer:
         self.observe = self._values.append
 
     def flush(self) -> None:
-        values = self._values
-        n = len(values)
-        if n:
-            add_observations(self._child, values[:n])
-            del values[:n]
+        add_observations(self._child, taken(self._values))
+
+
+class CounterBuffer:
+    """A counter child's increments by one, held until flush()."""
+
+    __slots__ = ("_child", "_ones")
+
+    def __init__(self, child: Counter) -> None:
+        self._child = child
+        self._ones: list[int] = []
+
+    def inc(self) -> None:
+        self._ones.append(1)
+
+    def flush(self) -> None:
+        if n := len(taken(self._ones)):
+            self._child.inc(n)

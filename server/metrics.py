@@ -84,7 +84,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import start_http_server
 
-from .metric_buffers import HistogramBuffer, add_observations
+from .metric_buffers import CounterBuffer, HistogramBuffer, add_observations, taken
 from .model_version import ModelVersion
 
 # Process-wide in prometheus_client (it applies to every registry).
@@ -196,7 +196,7 @@ class Metrics:
             "edgecnn_model_load_failures", "Loads of a model version that failed (the version did not serve)",
             ["model", "version"], registry=r,
         )
-        self._nonfinite_pending: dict[tuple[str, str], tuple[Counter, list[int]]] = {}  # the counter child, one 1 per request
+        self._nonfinite_pending: dict[tuple[str, str], CounterBuffer] = {}
         self._http = None
 
     def track_inflight(self, now: Callable[[], int]) -> None:
@@ -214,16 +214,11 @@ class Metrics:
         request counted has its batch counted too."""
         with self._flush_lock:
             for counter, duration, pending in list(self._request_series.values()):
-                n = len(pending)
-                if n:
-                    counter.inc(n)
-                    add_observations(duration, pending[:n])
-                    del pending[:n]
-            for counter, ones in list(self._nonfinite_pending.values()):
-                n = len(ones)
-                if n:
-                    counter.inc(n)
-                    del ones[:n]
+                if seconds := taken(pending):
+                    counter.inc(len(seconds))
+                    add_observations(duration, seconds)
+            for nonfinite in list(self._nonfinite_pending.values()):
+                nonfinite.flush()
             for model in list(self._model_metrics.values()):
                 model.flush()
             if self.multiprocess and self._inflight_now is not None:
@@ -286,8 +281,8 @@ class Metrics:
         key = (mv.name, mv.version_str)
         pending = self._nonfinite_pending.get(key)
         if pending is None:
-            pending = self._nonfinite_pending[key] = (self.nonfinite_inputs.labels(*key), [])
-        pending[1].append(1)
+            pending = self._nonfinite_pending[key] = CounterBuffer(self.nonfinite_inputs.labels(*key))
+        pending.inc()
 
     def observe_request(self, model: str, version: str, api: str, code: str, seconds: float, *, protocol: str) -> None:
         """One finished request (buffered until the next flush)."""

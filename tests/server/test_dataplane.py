@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from edgecnn import repository as repo
+from edgecnn.server import dataplane
 from edgecnn.server.dataplane import DRAINING, LOADING, Call, DataPlane
 from edgecnn.server.device import CPU
 from edgecnn.server.errors import InvalidArgument, NotFound, Unavailable
@@ -95,4 +96,5 @@ def test_drain_refuses_with_the_retry_message(repository):
         assert plane.refusal() == DRAINING and not plane.ready() and not plane.model_ready("lenet5")
         assert {e.state for e in plane.repository_index()} == {"UNAVAILABLE"} and plane.repository_index(ready_only=True) == []
     with pytest.raises(Unavailable, match="loading"):
-        asyncio.run(DataPlane(Metrics())._run(plane.model_info("lenet5").model, np.zeros((1, 1, 28, 28), np.float32)))
+        fresh = DataPlane(Metrics())  # a version it does not serve (yet) has no batcher
+        dataplane._computed(fresh._served_by(plane.model_info("lenet5").model)[0], np.zeros((1, 1, 28, 28), np.float32))
