@@ -51,6 +51,9 @@ QUIET_S = 0.02  # no request received for this long: grpc's queue of arrived cal
 QUIET_MAX_S = 0.5  # the longest an in-process stop waits for that
 FLUSH_S = 0.05  # for grpc to write the last answers out before the process ends
 WORKER_FLUSH_S = 0.1  # how often a worker adds its buffered metrics to its files (metrics.py)
+# How often a single process adds them to its registry when nothing scrapes it: the buffers hold
+# at most this long's requests (a scrape flushes them too).
+FLUSH_UNSCRAPED_S = 1.0
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -140,14 +143,15 @@ class InferenceServer:
         log.info("execution provider: %s (asked for --device %s)", ", ".join(self.plane.providers()) or "none yet", s.device)
         await self._health.set_all(self.plane.model_names(), SERVING)
         await self._publish_readiness()
+        self._metrics_flusher = asyncio.create_task(self._flush_metrics_periodically(WORKER_FLUSH_S if s.worker else FLUSH_UNSCRAPED_S))
         if s.worker:  # listening once loaded: until then the other workers take every connection
-            self._metrics_flusher = asyncio.create_task(self._flush_metrics_periodically())
             await self._listen(server)
 
-    async def _flush_metrics_periodically(self) -> None:
-        """A worker's metrics reach the supervisor through its files (metrics.py)."""
+    async def _flush_metrics_periodically(self, every_s: float) -> None:
+        """A worker's metrics reach the supervisor through its files (metrics.py); a single
+        process's buffers stay bounded when nothing scrapes them."""
         while True:
-            await asyncio.sleep(WORKER_FLUSH_S)
+            await asyncio.sleep(every_s)
             self.metrics.flush()
 
     async def _listen(self, server: grpc.aio.Server) -> None:

@@ -48,7 +48,8 @@ the queue-wait, inference and batch-size histograms, are appended to buffers tha
 their metrics in bulk whenever the registry is read (every scrape; server/metric_buffers.py), and
 edgecnn_inflight_requests reads the data plane's count when scraped. A scrape therefore shows
 every request answered before it, as it would with per-request updates, at a fraction of the
-cost per request.
+cost per request. With nothing scraping, the server adds them every FLUSH_UNSCRAPED_S (app.py),
+so the buffers never hold more than that long's requests.
 
 `edgecnn serve --workers N` (server/workers.py): each worker's Metrics(multiprocess=True) writes
 its values to prometheus_client's files in PROMETHEUS_MULTIPROC_DIR, and the supervisor serves

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import threading
 
+import grpc
+
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
 
+from edgecnn.server import app
 from edgecnn.server.metric_buffers import HistogramBuffer, add_observations
 from edgecnn.server.metrics import LATENCY_BUCKETS, QUEUE_WAIT_BUCKETS, Metrics
+from edgecnn.protos import inference_pb2_grpc
+
+from tests.server.grpc_helpers import infer_request, serve_repository, wait_until
 
 
 def _histogram(buckets) -> Histogram:
@@ -74,3 +80,19 @@ def test_a_scrape_counts_every_request_answered_before_it():
     assert read("edgecnn_inflight_requests") == 3
     inflight[0] = 0
     assert read("edgecnn_inflight_requests") == 0
+
+
+def test_an_unscraped_server_adds_its_buffers_itself(repository, samples, monkeypatch):
+    """Nothing scrapes (no metrics port): the buffers still reach their metrics, so they never grow
+    without bound (read from the children, which does not flush as a scrape does)."""
+    monkeypatch.setattr(app, "FLUSH_UNSCRAPED_S", 0.05)
+    with serve_repository(repository["dir"]) as running, grpc.insecure_channel(running.address) as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for row in samples["x"][:5]:
+            stub.ModelInfer(infer_request("lenet5", row[None]), timeout=10)
+        metrics = running.server.metrics
+        answered = metrics.requests.labels("lenet5", "2", "ModelInfer", "OK", "grpc")
+        inference = metrics.inference.labels("lenet5", "2")
+        wait_until(lambda: answered._value.get() == 5, "the periodic flush")
+        wait_until(lambda: inference._sum.get() > 0, "the batcher's observations")
+        assert all(not pending for _, _, pending in metrics._request_series.values())
