@@ -61,7 +61,7 @@ from edgecnn.number_args import (  # noqa: E402
 from edgecnn.repository import INPUT_NAME  # noqa: E402
 from edgecnn.server.cmd_serve import READY_LINE  # noqa: E402
 from edgecnn.server.device import cuda_usable  # noqa: E402
-from edgecnn.server.settings import DEFAULT_INLINE_MAX_US  # noqa: E402
+from edgecnn.loadtest.bench_report import FLOOR_INLINE_MAX_US  # noqa: E402
 from machine import cpu_model, memory_gib  # noqa: E402  (scripts/machine.py)
 from tests.child_process import ChildProcess  # noqa: E402
 
@@ -133,7 +133,7 @@ def server_command(kind: str, model: BenchModel, threads: int, delay_us: int, de
         cmd = [sys.executable, str(ROOT / "scripts" / "bench_floor_server.py"), "--model", str(model.onnx),
                "--name", model.name, "--port", "0", "--threads", str(threads), "--device", device]  # fmt: skip
         if kind == "floor-inline" and device == "cpu":  # edgecnn runs nothing inline on CUDA either
-            cmd += ["--inline-max-us", str(DEFAULT_INLINE_MAX_US)]
+            cmd += ["--inline-max-us", str(FLOOR_INLINE_MAX_US)]
         return cmd, r"listening on (\S+):(\d+)"
     delay = 0 if kind == "batching-off" else delay_us
     cmd = [sys.executable, "-m", "edgecnn.cli", "serve", "--repository", str(model.repository), "--host", "127.0.0.1",

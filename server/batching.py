@@ -30,6 +30,7 @@ import asyncio
 import collections
 import functools
 import logging
+from collections.abc import Callable
 from concurrent.futures import Executor
 from time import monotonic, perf_counter, perf_counter_ns
 
@@ -57,7 +58,10 @@ class Batcher:
     """Runs a model version's requests; every method but _timed_run and _timed_compute runs on
     the event loop, and so do all writes to `stats` (the worker threads only measure: statistics.py)."""
 
-    def __init__(self, mv: ModelVersion, executor: Executor, metrics: ModelMetrics) -> None:
+    def __init__(
+        self, mv: ModelVersion, executor: Executor, metrics: ModelMetrics, calls_open: Callable[[], int] = lambda: 1
+    ) -> None:
+        """calls_open: how many calls the server has open now (inline.py's idle budget applies at 1)."""
         serving = mv.serving
         self.mv = mv
         self._executor = executor
@@ -65,6 +69,8 @@ class Batcher:
         self.stats = VersionStatistics()  # Triton's ModelStatistics of this version
         self._max_queue = serving.max_queue
         self.inline_max_s = serving.inline_max_s
+        self.inline_idle_max_s = serving.inline_idle_max_s
+        self._calls_open = calls_open
         self.max_batch = serving.max_batch_size
         self.batching = serving.dynamic_batching
         self.slots = serving.compute_slots
@@ -107,15 +113,26 @@ class Batcher:
     def _shutting_down(self) -> Unavailable:
         return Unavailable(f"model {self.mv.name!r} is shutting down; retry on another replica")
 
+    def runs_now(self, rows: int) -> bool:
+        """A request of `rows` rows runs at once on the event loop (run_now): nothing to merge it
+        with, no worker thread to hand over to, and within an inline budget (inline.py)."""
+        return not self._pending and runs_inline(
+            rows * self.mv.batch1_s, self.inline_max_s, self._running + len(self._direct), self.inline_idle_max_s, self._calls_open
+        )
+
+    def run_now(self, x: np.ndarray) -> np.ndarray:
+        """x's logits, computed on the event loop now (where runs_now says so)."""
+        self._metrics.queue_wait.observe(0.0)
+        out, took = self._timed_compute(x)
+        stats = self.stats
+        stats.queued(0)
+        stats.executed(len(x), 1, took)
+        return out
+
     async def infer(self, x: np.ndarray) -> np.ndarray:
         """Logits for x: float32 (N, C, H, W), N within the model's max batch size."""
-        if not self._pending and runs_inline(len(x) * self.mv.batch1_s, self.inline_max_s, self._running + len(self._direct)):
-            # Nothing to merge with, and no worker thread to hand over to: run now, on the loop.
-            self._metrics.queue_wait.observe(0.0)
-            out, took = self._timed_compute(x)
-            self.stats.queued(0)
-            self.stats.executed(len(x), 1, took)
-            return out
+        if self.runs_now(len(x)):
+            return self.run_now(x)
         if not self.batching:
             return await self._infer_direct(x)
         if len(self._pending) >= self._max_queue:

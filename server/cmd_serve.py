@@ -16,6 +16,7 @@ from .app import InferenceServer, serve_until_signal
 from .errors import StartupError
 from .workers import serve_workers, worker_count
 from .settings import (
+    DEFAULT_INLINE_IDLE_MAX_US,
     DEFAULT_INLINE_MAX_US,
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_QUEUE,
@@ -78,6 +79,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         f"0: never (default {DEFAULT_INLINE_MAX_US} microseconds; see server/inline.py)",
     )
     parser.add_argument(
+        "--inline-idle-max-us", type=int, default=DEFAULT_INLINE_IDLE_MAX_US,
+        help="the same for a request that is the only call the server has open (the event loop would otherwise "
+        "wait for the worker thread idle): it runs inline when its estimate is at most this; 0: only "
+        f"--inline-max-us applies, which at 0 turns this off too (default {DEFAULT_INLINE_IDLE_MAX_US} microseconds)",
+    )
+    parser.add_argument(
         "--batch-buckets", choices=["auto", "on", "off"], default="auto",
         help="one ONNX Runtime session per batch size bucket (1, 2, 4, ... max batch), batches padded up to it, so "
         "no session sees its input shape change; auto: on the CUDA provider, where a new shape costs a kernel "
@@ -137,6 +144,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         grace_s=args.grace,
         max_image_pixels=args.max_image_pixels,
         inline_max_us=args.inline_max_us,
+        inline_idle_max_us=args.inline_idle_max_us,
         batch_buckets=args.batch_buckets,
         reject_nonfinite=args.reject_nonfinite,
         model_control_mode=args.model_control_mode,

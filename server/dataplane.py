@@ -148,7 +148,7 @@ class DataPlane:
             if current is None or current.mv is not mv:
                 if current is not None:
                     self._retiring.append(current)
-                self._batchers[key] = Batcher(mv, self._executor, self.metrics.add_model(mv))
+                self._batchers[key] = Batcher(mv, self._executor, self.metrics.add_model(mv), self.calls_open)
         for mv in leaving:
             key = (mv.name, mv.version)
             if key in self._batchers and self._batchers[key].mv is mv:
@@ -200,8 +200,12 @@ class DataPlane:
         self.open_calls += 1
         return True
 
-    def call_answered(self) -> None:
+    def call_answered(self, *_done: object) -> None:
+        """The answer of a call taken is sent (_done: what a transport's done callback passes)."""
         self.open_calls -= 1
+
+    def calls_open(self) -> int:
+        return self.open_calls
 
     def request_started(self) -> None:
         """A request is in flight (the drain waits for these) until request_finished."""
@@ -290,9 +294,13 @@ class DataPlane:
         start = perf_counter_ns()
         try:
             x = input_batch(inputs, mv, self.reject_nonfinite, self.metrics.count_nonfinite)
-            count = class_count(outputs, mv)
+            count = class_count(outputs, mv) if outputs else 0
             decoded = perf_counter_ns()
-            outcome = InferOutcome(mv, await _computed(batcher, x), count)
+            if batcher is not None and batcher.runs_now(len(x)):  # no coroutine for the common case
+                logits = batcher.run_now(x)
+            else:
+                logits = await _computed(batcher, x)
+            outcome = InferOutcome(mv, logits, count)
             computed = perf_counter_ns()
             answer = outcome if encode is None else encode(outcome)
         except BaseException:

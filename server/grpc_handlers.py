@@ -27,15 +27,11 @@ def rpc(api: str) -> Callable[[Handler], Callable[[Any, Request, grpc.aio.Servic
     def decorate(method: Handler):
         @functools.wraps(method)
         async def handler(self, request, context: grpc.aio.ServicerContext):
-            def cancelled_code() -> str:
-                remaining = context.time_remaining()
-                return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
-
             plane = self.plane
             if plane.call_received():  # answered once grpc has sent the status (the drain waits for it)
-                context.add_done_callback(lambda _: plane.call_answered())
+                context.add_done_callback(plane.call_answered)
             try:
-                with RequestScope(plane, GRPC, api, cancelled_code) as call:
+                with RequestScope(plane, GRPC, api, context.time_remaining) as call:
                     return await method(self, request, context, call)
             except ServingError as exc:
                 await context.abort(exc.code, exc.message)

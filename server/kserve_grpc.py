@@ -57,10 +57,11 @@ class KServeServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         return inference_pb2.ModelConfigResponse(config=self.plane.config(request.name, request.version, call))
 
     @rpc("ModelInfer")
-    async def ModelInfer(self, request, context, call: Call):
+    def ModelInfer(self, request, context, call: Call):
+        # Not a coroutine of its own: rpc awaits the data plane's (one frame less per request).
         inputs, outputs = decode_inputs(request), decode_outputs(request)
         encode = functools.partial(encode_outcome, request)
-        return await self.plane.infer(request.model_name, request.model_version, inputs, outputs, call, encode)
+        return self.plane.infer(request.model_name, request.model_version, inputs, outputs, call, encode)
 
     @rpc("ModelStatistics")
     async def ModelStatistics(self, request, context, call: Call):

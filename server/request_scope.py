@@ -26,23 +26,22 @@ GRPC = "grpc"
 HTTP = "http"
 
 
-def _cancelled() -> str:
-    return "CANCELLED"
-
-
 class RequestScope:
-    """A context manager (a class, not a generator: it wraps every request). `cancelled_code`:
-    the code of a request cancelled under the block (a gRPC deadline that passed is
-    DEADLINE_EXCEEDED). Exceptions propagate unchanged once counted; an unexpected one is
-    logged with its traceback and counted INTERNAL."""
+    """A context manager (a class, not a generator: it wraps every request). `time_remaining`:
+    the seconds left before the call's deadline (None: no deadline), read when a request is
+    cancelled under the block: one whose deadline passed counts DEADLINE_EXCEEDED, else
+    CANCELLED. Exceptions propagate unchanged once counted; an unexpected one is logged with its
+    traceback and counted INTERNAL."""
 
-    __slots__ = ("_api", "_call", "_cancelled_code", "_plane", "_protocol", "_start")
+    __slots__ = ("_api", "_call", "_plane", "_protocol", "_start", "_time_remaining")
 
-    def __init__(self, plane: DataPlane, protocol: str, api: str, cancelled_code: Callable[[], str] = _cancelled) -> None:
+    def __init__(
+        self, plane: DataPlane, protocol: str, api: str, time_remaining: Callable[[], float | None] | None = None
+    ) -> None:
         self._plane = plane
         self._protocol = protocol
         self._api = api
-        self._cancelled_code = cancelled_code
+        self._time_remaining = time_remaining
 
     def __enter__(self) -> Call:
         plane = self._plane
@@ -62,7 +61,8 @@ class RequestScope:
         elif isinstance(exc, ServingError):
             code = exc.code.name
         elif isinstance(exc, asyncio.CancelledError):
-            code = self._cancelled_code()
+            remaining = self._time_remaining() if self._time_remaining is not None else None
+            code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
         elif isinstance(exc, Exception):
             code = "INTERNAL"
             log.error("%s (%s) failed", self._api, self._protocol, exc_info=exc)

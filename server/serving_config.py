@@ -29,6 +29,7 @@ class ModelServing:
     batch_buckets: bool  # one session per batch size bucket (shapes.py)
     compute_slots: int  # ONNX Runtime calls of this version that may run at once
     inline_max_s: float  # inline.py's budget; 0: never on the event loop
+    inline_idle_max_s: float  # its budget for a request alone in the server
     max_queue: int  # requests waiting before RESOURCE_EXHAUSTED
 
     @property
@@ -76,5 +77,7 @@ def resolve_serving(config: model_config_pb2.ModelConfig, settings: Settings, pr
         batch_buckets=buckets and batch > 1,
         compute_slots=1 if on_gpu and batching else max(1, workers),
         inline_max_s=0.0 if on_gpu else settings.inline_max_us * 1e-6,
+        # --inline-max-us 0 means never, the idle budget included.
+        inline_idle_max_s=0.0 if on_gpu or not settings.inline_max_us else settings.inline_idle_max_us * 1e-6,
         max_queue=settings.max_queue,
     )

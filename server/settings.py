@@ -14,7 +14,8 @@ DEFAULT_METRICS_PORT = 8002  # Triton's metrics port
 DEFAULT_HTTP_PORT = 8000  # Triton's HTTP/REST port (`edgecnn serve`'s default)
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
-DEFAULT_INLINE_MAX_US = 1000
+DEFAULT_INLINE_MAX_US = 400
+DEFAULT_INLINE_IDLE_MAX_US = 2000
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Settings:
     # The longest a batch may block the event loop when it runs there instead of on a worker
     # thread (server/inline.py); 0: always a worker thread.
     inline_max_us: int = DEFAULT_INLINE_MAX_US
+    inline_idle_max_us: int = DEFAULT_INLINE_IDLE_MAX_US
     # One session per batch size bucket, batches padded up to it (server/shapes.py); auto: on CUDA.
     batch_buckets: BatchBuckets = "auto"
     # ModelInfer refuses NaN or infinite inputs (INVALID_ARGUMENT) instead of accepting and counting
@@ -82,6 +84,8 @@ class Settings:
             raise ValueError(f"max_image_pixels must be >= 1, got {self.max_image_pixels}")
         if self.inline_max_us < 0:
             raise ValueError(f"inline_max_us must be >= 0, got {self.inline_max_us}")
+        if self.inline_idle_max_us < 0:
+            raise ValueError(f"inline_idle_max_us must be >= 0, got {self.inline_idle_max_us}")
         if self.cpus < 0:
             raise ValueError(f"cpus must be >= 0, got {self.cpus}")
         if self.threads < 0:

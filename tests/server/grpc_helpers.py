@@ -77,6 +77,7 @@ class Gate:
 
         monkeypatch.setattr(batcher.mv, "run", held_run)
         monkeypatch.setattr(batcher, "inline_max_s", 0.0)
+        monkeypatch.setattr(batcher, "inline_idle_max_s", 0.0)
 
 
 @dataclass

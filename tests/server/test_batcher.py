@@ -67,7 +67,7 @@ class SlowModel:
 
 
 def serving(**fields) -> ModelServing:
-    values = dict(max_batch_size=64, max_queue_delay_us=500, batch_buckets=False, compute_slots=1, inline_max_s=0.0, max_queue=256)
+    values = dict(max_batch_size=64, max_queue_delay_us=500, batch_buckets=False, compute_slots=1, inline_max_s=0.0, inline_idle_max_s=0.0, max_queue=256)
     return ModelServing(**{**values, **fields})
 
 

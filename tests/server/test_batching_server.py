@@ -121,6 +121,31 @@ def test_inline_off_runs_on_worker_threads(repository, samples, monkeypatch):
             assert len(names) == 1 and names[0].startswith("edgecnn-ort"), names
 
 
+def test_a_model_over_the_budget_runs_inline_only_while_alone(repository, samples, monkeypatch):
+    """--inline-idle-max-us: lenet5 is over a 1 us budget, so it runs inline only as the one call
+    the server has open; while another call is open it goes to a worker thread."""
+    settings = Settings(repository=repository["dir"], host="127.0.0.1", port=0, metrics_port=None, device="cpu",
+                        inline_max_us=1, inline_idle_max_us=1_000_000)  # fmt: skip
+    with ServerThread(settings) as running, grpc.insecure_channel(running.address) as ch:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(ch)
+        plane = running.server.plane
+        names = threads_that_ran(plane.batcher("lenet5", 1), monkeypatch)
+        x = samples["x"][:1]
+        stub.ModelInfer(infer_request("lenet5", x, version="1"), timeout=TIMEOUT)
+        assert names == ["edgecnn-server"], names  # alone: on the event loop
+        other = plane.batcher("lenet5", 2)
+        gate = Gate(other, monkeypatch)
+        try:
+            held = stub.ModelInfer.future(infer_request("lenet5", x, version="2"), timeout=TIMEOUT)
+            wait_until(lambda: gate.held == 1, "a call of version 2 held on a worker thread")
+            response = stub.ModelInfer(infer_request("lenet5", x, version="1"), timeout=TIMEOUT)
+        finally:
+            gate.open.set()
+        assert held.result().outputs
+        np.testing.assert_allclose(logits_of(response), reference_logits(repository["v1"], x), rtol=1e-5, atol=1e-6)
+        assert len(names) == 2 and names[1].startswith("edgecnn-ort"), names
+
+
 def test_queue_full_is_resource_exhausted(repository, samples, monkeypatch):
     with held_server(repository, samples, monkeypatch, max_queue=1) as held:
         # The next request waits in the queue and fills it.

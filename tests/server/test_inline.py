@@ -25,6 +25,20 @@ def test_runs_inline(estimate_us, max_us, running, inline):
     assert runs_inline(estimate_us * US, max_us * US, running) is inline
 
 
+@pytest.mark.parametrize(
+    ("estimate_us", "calls_open", "inline"),
+    [
+        (600, 1, True),  # MobileNetV2 alone in the server: the loop has nothing else to do
+        (600, 2, False),  # another call open: the worker thread lets the loop serve it meanwhile
+        (2500, 1, False),  # over the idle budget too
+        (60, 5, True),  # within the first budget, whatever the load
+    ],
+)
+def test_the_idle_budget_applies_to_a_call_alone(estimate_us, calls_open, inline):
+    assert runs_inline(estimate_us * US, 400 * US, 0, 2000 * US, lambda: calls_open) is inline
+    assert not runs_inline(estimate_us * US, 400 * US, 1, 2000 * US, lambda: calls_open), "a batch on a worker thread first"
+
+
 def test_inline_rows():
     assert inline_rows(60 * US, 1000 * US) == 16
     assert inline_rows(3800 * US, 1000 * US) == 0

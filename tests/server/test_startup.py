@@ -55,10 +55,11 @@ def test_cli_flags_reach_the_settings(tmp_path):
     parser = argparse.ArgumentParser()
     cmd_serve.configure(parser)
     defaults = cmd_serve.settings_from_args(parser.parse_args(["--repository", str(tmp_path)]))
-    assert (defaults.batch_buckets, defaults.inline_max_us, defaults.device) == ("auto", 1000, "auto")
-    argv = ["--repository", str(tmp_path), "--batch-buckets", "off", "--inline-max-us", "0", "--device", "cpu", "--max-queue-delay-us", "500"]
+    assert (defaults.batch_buckets, defaults.inline_max_us, defaults.inline_idle_max_us, defaults.device) == ("auto", 400, 2000, "auto")
+    argv = ["--repository", str(tmp_path), "--batch-buckets", "off", "--inline-max-us", "0", "--inline-idle-max-us", "3000",
+            "--device", "cpu", "--max-queue-delay-us", "500"]  # fmt: skip
     settings = cmd_serve.settings_from_args(parser.parse_args(argv))
-    assert (settings.batch_buckets, settings.inline_max_us, settings.max_queue_delay_us) == ("off", 0, 500)
+    assert (settings.batch_buckets, settings.inline_max_us, settings.inline_idle_max_us, settings.max_queue_delay_us) == ("off", 0, 3000, 500)
     with pytest.raises(SystemExit):
         parser.parse_args(["--repository", str(tmp_path), "--batch-buckets", "sometimes"])
     assert (defaults.model_control_mode, defaults.load_models, defaults.exit_on_error, defaults.strict_readiness) == ("none", (), True, True)
