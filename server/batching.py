@@ -113,12 +113,14 @@ class Batcher:
     def _shutting_down(self) -> Unavailable:
         return Unavailable(f"model {self.mv.name!r} is shutting down; retry on another replica")
 
-    def runs_now(self, rows: int) -> bool:
+    def runs_now(self, rows: int, call_counted: bool = True) -> bool:
         """A request of `rows` rows runs at once on the event loop (run_now): nothing to merge it
-        with, no worker thread to hand over to, and within an inline budget (inline.py)."""
+        with, no worker thread to hand over to, and within an inline budget (inline.py).
+        call_counted: the request's call is already among the server's open calls."""
         return not self._pending and runs_inline(
-            rows * self.mv.batch1_s, self.inline_max_s, self._running + len(self._direct), self.inline_idle_max_s, self._calls_open
-        )
+            rows * self.mv.batch1_s, self.inline_max_s, self._running + len(self._direct),
+            self.inline_idle_max_s, self._calls_open, 1 if call_counted else 0,
+        )  # fmt: skip
 
     def run_now(self, x: np.ndarray) -> np.ndarray:
         """x's logits, computed on the event loop now (where runs_now says so)."""

@@ -41,5 +41,10 @@ class TooLarge(ServingError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+def internal_error(api: str, exc: BaseException) -> ServingError:
+    """An unexpected exception as the INTERNAL error the client receives."""
+    return ServingError(f"internal error in {api}: {type(exc).__name__}: {exc}")
+
+
 class StartupError(RuntimeError):
     """The server cannot start (bad repository, no GPU for --device cuda, port in use, ...)."""

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import grpc
 
 from .dataplane import Call
-from .errors import ServingError
+from .errors import ServingError, internal_error
 from .request_scope import GRPC, RequestScope
 
 Request = TypeVar("Request")
@@ -38,7 +38,8 @@ def rpc(api: str) -> Callable[[Handler], Callable[[Any, Request, grpc.aio.Servic
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # logged and counted by the scope
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {api}: {type(exc).__name__}: {exc}")
+                error = internal_error(api, exc)
+                await context.abort(error.code, error.message)
 
         return handler
 

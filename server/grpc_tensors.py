@@ -29,6 +29,23 @@ def decode_inputs(request: inference_pb2.ModelInferRequest) -> list[InputTensor]
     return tensors
 
 
+def single_raw_input(request: inference_pb2.ModelInferRequest) -> tuple[InputTensor, str | None] | None:
+    """The request's one raw input and the one output it names (None: none named), when it is
+    the request DataPlane.infer_now answers (no typed contents, no output parameters); else None."""
+    raw, inputs, outputs = request.raw_input_contents, request.inputs, request.outputs
+    if len(raw) != 1 or len(inputs) != 1 or len(outputs) > 1:
+        return None
+    tensor = inputs[0]
+    if tensor.HasField("contents"):
+        return None
+    output = None
+    if outputs:
+        if outputs[0].parameters:
+            return None
+        output = outputs[0].name
+    return InputTensor(tensor.name, tensor.datatype, tuple(tensor.shape), raw[0]), output
+
+
 def decode_outputs(request: inference_pb2.ModelInferRequest) -> list[RequestedOutput]:
     """The outputs asked for, with Triton's classification extension (the output parameter
     "classification", what tritonclient's InferRequestedOutput(class_count=K) sends)."""

@@ -26,14 +26,20 @@ from collections.abc import Callable
 
 
 def runs_inline(
-    estimate_s: float, max_s: float, running: int, idle_max_s: float = 0.0, calls_open: Callable[[], int] | None = None
+    estimate_s: float,
+    max_s: float,
+    running: int,
+    idle_max_s: float = 0.0,
+    calls_open: Callable[[], int] | None = None,
+    alone_at: int = 1,
 ) -> bool:
     """estimate_s: the batch's expected compute time (NaN: unknown); max_s: the budget (0:
     never); running: the model's batches now on (or queued for) worker threads; idle_max_s: the
-    budget while calls_open() (the calls the server has open, this one included) is 1."""
+    budget while calls_open() (the calls the server has open) is at most alone_at (1 when the
+    request's own call is counted in it, 0 before it is)."""
     if running:
         return False
-    return estimate_s <= max_s or (estimate_s <= idle_max_s and calls_open is not None and calls_open() <= 1)
+    return estimate_s <= max_s or (estimate_s <= idle_max_s and calls_open is not None and calls_open() <= alone_at)
 
 
 def inline_rows(batch1_s: float, max_s: float) -> int:

@@ -12,9 +12,10 @@ from edgecnn import __version__
 from edgecnn.protos import inference_pb2, inference_pb2_grpc
 
 from .dataplane import Call, DataPlane
-from .errors import InvalidArgument
+from .errors import InvalidArgument, ServingError
 from .grpc_handlers import rpc
-from .grpc_tensors import decode_inputs, decode_outputs, encode_outcome
+from .request_scope import GRPC
+from .grpc_tensors import decode_inputs, decode_outputs, encode_outcome, single_raw_input
 
 SERVER_NAME = "edgecnn"
 # model_repository is listed when load and unload are taken (--model-control-mode explicit).
@@ -56,8 +57,28 @@ class KServeServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request, context, call: Call):
         return inference_pb2.ModelConfigResponse(config=self.plane.config(request.name, request.version, call))
 
+    async def ModelInfer(self, request, context):
+        """The common request answered at once (DataPlane.infer_now), any other through infer()."""
+        plane = self.plane
+        single = single_raw_input(request)
+        if single is not None:
+            tensor, output = single
+            try:
+                answer = plane.infer_now(
+                    request.model_name, request.model_version, tensor, output, functools.partial(encode_outcome, request), GRPC
+                )
+            except ServingError as exc:
+                answer = exc
+            if answer is not None:
+                if plane.call_received():  # as rpc() does; nothing awaited since the request arrived
+                    context.add_done_callback(plane.call_answered)
+                if isinstance(answer, ServingError):
+                    await context.abort(answer.code, answer.message)
+                return answer
+        return await self._infer(request, context)
+
     @rpc("ModelInfer")
-    def ModelInfer(self, request, context, call: Call):
+    def _infer(self, request, context, call: Call):
         # Not a coroutine of its own: rpc awaits the data plane's (one frame less per request).
         inputs, outputs = decode_inputs(request), decode_outputs(request)
         encode = functools.partial(encode_outcome, request)

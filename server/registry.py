@@ -32,16 +32,26 @@ class ModelRegistry:
         else:
             self._versions.pop(name, None)
 
-    def get(self, name: str, version: str = "") -> ModelVersion:
+    def lookup(self, name: str, version: str = "") -> ModelVersion | None:
+        """The version asked for, or None (get says why)."""
         listed = self._versions.get(name)
         if not listed:
-            known = ", ".join(sorted(self._versions)) or "none"
-            raise NotFound(f"unknown model {name!r}; this server has: {known}")
+            return None
         if version == "":
             return listed[-1]
         for mv in listed:
             if mv.version_str == version:
                 return mv
+        return None
+
+    def get(self, name: str, version: str = "") -> ModelVersion:
+        mv = self.lookup(name, version)
+        if mv is not None:
+            return mv
+        listed = self._versions.get(name)
+        if not listed:
+            known = ", ".join(sorted(self._versions)) or "none"
+            raise NotFound(f"unknown model {name!r}; this server has: {known}")
         have = ", ".join(mv.version_str for mv in listed)
         raise NotFound(f"model {name!r} has no version {version!r}; expected one of: {have} (or empty for the latest)")
 

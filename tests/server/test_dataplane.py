@@ -12,11 +12,12 @@ from edgecnn import repository as repo
 from edgecnn.server import dataplane
 from edgecnn.server.dataplane import DRAINING, LOADING, Call, DataPlane
 from edgecnn.server.device import CPU
-from edgecnn.server.errors import InvalidArgument, NotFound, Unavailable
+from edgecnn.server.errors import InvalidArgument, NotFound, ServingError, Unavailable
 from edgecnn.server.images import ImageInput
 from edgecnn.server.metrics import Metrics
 from edgecnn.server.model_version import ModelLoader
 from edgecnn.server.registry import ModelRegistry
+from edgecnn.server.request_scope import GRPC, RequestScope
 from edgecnn.server.settings import Settings
 from edgecnn.server.tensor_checks import InputTensor, RequestedOutput
 from tests.onnx_models import FASHION_CLASSES, png_bytes, reference_logits, sample_images
@@ -98,3 +99,89 @@ def test_drain_refuses_with_the_retry_message(repository):
     with pytest.raises(Unavailable, match="loading"):
         fresh = DataPlane(Metrics())  # a version it does not serve (yet) has no batcher
         dataplane._computed(fresh._served_by(plane.model_info("lenet5").model)[0], np.zeros((1, 1, 28, 28), np.float32))
+
+
+def _numbers(plane: DataPlane, name: str, version: str) -> dict:
+    """What a request adds to: its version's statistics and its request and batch metrics."""
+    stats = plane.statistics(name, version)[0]
+    read = plane.metrics.registry.get_sample_value
+    labels = {"model": name, "version": version}
+    return {
+        "inference_count": stats["inference_count"],
+        "execution_count": stats["execution_count"],
+        **{f"{key}_count": value["count"] for key, value in stats["inference_stats"].items()},
+        "requests": read("edgecnn_requests_total", {**labels, "api": "ModelInfer", "code": "OK", "protocol": "grpc"}) or 0,
+        "batch_rows": read("edgecnn_batch_size_sum", labels) or 0,
+        "queue_waits": read("edgecnn_queue_wait_seconds_count", labels) or 0,
+        "nonfinite": read("edgecnn_nonfinite_inputs_total", labels) or 0,
+    }
+
+
+async def _infer_both_ways(plane: DataPlane, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    fast = plane.infer_now("lenet5", "1", tensor(x), None, lambda outcome: outcome.logits, "grpc")
+    with RequestScope(plane, GRPC, "ModelInfer") as call:
+        general = await plane.infer("lenet5", "1", [tensor(x)], [], call)
+    return fast, general.logits
+
+
+def test_infer_now_answers_and_counts_as_infer_does(plane, repository, samples):
+    """The fast path (one raw input, the logits) gives infer()'s answer and adds to the same
+    statistics and metrics, a non-finite input included."""
+    x = samples["x"][:2].copy()
+    x[1, 0, 0, 0] = np.inf
+    before = _numbers(plane, "lenet5", "1")
+    fast, general = asyncio.run(_infer_both_ways(plane, x))
+    assert fast is not None
+    np.testing.assert_array_equal(fast, general)
+    np.testing.assert_allclose(fast[:1], reference_logits(repository["v1"], x[:1]), rtol=1e-5, atol=1e-6)
+    after = _numbers(plane, "lenet5", "1")
+    added = {key: after[key] - before[key] for key in after}
+    assert added == {
+        "inference_count": 4, "execution_count": 2, "success_count": 2, "fail_count": 0, "queue_count": 2,
+        "compute_input_count": 2, "compute_infer_count": 2, "compute_output_count": 2, "cache_hit_count": 0,
+        "cache_miss_count": 0, "requests": 2, "batch_rows": 4, "queue_waits": 2, "nonfinite": 2,
+    }  # fmt: skip
+
+
+def test_infer_now_leaves_every_other_request_to_infer(plane, samples, monkeypatch):
+    """None (infer() takes it, with its error messages): a model or version not served, another
+    input name or shape, typed values, a batch over the limit, an output of another name, while
+    draining, a request that would wait for a worker thread, a refused non-finite input."""
+    x = samples["x"][:1]
+    now = plane.infer_now
+    assert now("nope", "", tensor(x), None, repr, "grpc") is None
+    assert now("lenet5", "7", tensor(x), None, repr, "grpc") is None
+    assert now("lenet5", "1", tensor(x)._replace(name="image"), None, repr, "grpc") is None
+    assert now("lenet5", "1", tensor(samples["x"][:1, :, :14]), None, repr, "grpc") is None
+    assert now("lenet5", "1", InputTensor("input", "FP32", x.shape, values=x.ravel().tolist()), None, repr, "grpc") is None
+    assert now("lenet5", "1", tensor(samples["x"][:9]), None, repr, "grpc") is None  # max batch 8
+    assert now("lenet5", "1", tensor(x), "probs", repr, "grpc") is None
+    assert now("lenet5", "1", tensor(x), "logits", repr, "grpc") is not None
+    batcher = plane.batcher("lenet5", 1)
+    monkeypatch.setattr(batcher, "inline_max_s", 0.0)
+    monkeypatch.setattr(batcher, "inline_idle_max_s", 0.0)
+    assert now("lenet5", "1", tensor(x), None, repr, "grpc") is None, "a call for the worker threads"
+    monkeypatch.undo()
+    monkeypatch.setattr(plane, "reject_nonfinite", True)
+    assert now("lenet5", "1", tensor(np.full_like(x, np.nan)), None, repr, "grpc") is None
+    monkeypatch.setattr(plane, "_draining_since", 0.0)
+    assert now("lenet5", "1", tensor(x), None, repr, "grpc") is None
+
+
+def test_infer_now_counts_an_onnx_runtime_failure_as_internal(plane, samples, monkeypatch):
+    batcher = plane.batcher("lenet5", 2)
+
+    def broken(x: np.ndarray) -> np.ndarray:
+        raise RuntimeError("ORT broke")
+
+    monkeypatch.setattr(batcher.mv, "run", broken)
+    failed = plane.statistics("lenet5", "2")[0]["inference_stats"]["fail"]["count"]
+    read = plane.metrics.registry.get_sample_value
+    internal = {"model": "lenet5", "version": "2", "api": "ModelInfer", "code": "INTERNAL", "protocol": "grpc"}
+    counted = read("edgecnn_requests_total", internal) or 0
+    with pytest.raises(ServingError) as info:
+        plane.infer_now("lenet5", "2", tensor(samples["x"][:1]), None, repr, "grpc")
+    assert info.value.code.name == "INTERNAL" and info.value.message == "internal error in ModelInfer: RuntimeError: ORT broke"
+    assert plane.statistics("lenet5", "2")[0]["inference_stats"]["fail"]["count"] == failed + 1
+    assert read("edgecnn_requests_total", internal) == counted + 1
+    assert plane.inflight == 0

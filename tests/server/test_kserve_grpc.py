@@ -14,6 +14,7 @@ from tests.server.grpc_helpers import (
     TIMEOUT,
     infer_request,
     logits_of,
+    wait_until,
 )
 
 
@@ -140,3 +141,26 @@ def test_infer_errors_name_what_was_expected(infer_stub, samples):
         assert info.value.code() == code, label
         assert expected in info.value.details(), (label, info.value.details())
         assert infer_stub.ModelInfer(infer_request("lenet5", x), timeout=TIMEOUT).outputs, f"not serving after {label}"
+
+
+@pytest.mark.parametrize("path", ["answered at once", "through the batcher"])
+def test_an_onnx_runtime_failure_is_internal_with_its_message(server, infer_stub, samples, monkeypatch, path):
+    """Both ModelInfer paths (DataPlane.infer_now and infer) answer INTERNAL, and the call is
+    marked answered (the drain waits for nothing)."""
+    plane = server.server.plane
+    batcher = plane.batcher("lenet5", 1)
+
+    def broken(x: np.ndarray) -> np.ndarray:
+        raise RuntimeError("ORT broke")
+
+    monkeypatch.setattr(batcher.mv, "run", broken)
+    if path == "through the batcher":  # typed contents take infer()
+        request = inference_pb2.ModelInferRequest(model_name="lenet5", model_version="1")
+        request.inputs.add(name="input", datatype="FP32", shape=[1, 1, 28, 28]).contents.fp32_contents.extend(samples["x"][0].ravel())
+    else:
+        request = infer_request("lenet5", samples["x"][:1], version="1")
+    with pytest.raises(grpc.RpcError) as info:
+        infer_stub.ModelInfer(request, timeout=TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert info.value.details() == "internal error in ModelInfer: RuntimeError: ORT broke"
+    wait_until(lambda: plane.open_calls == 0 and plane.inflight == 0, "the call marked answered")
