@@ -1,5 +1,7 @@
 """The Open Inference Protocol (KServe V2) over gRPC: inference.GRPCInferenceService, a thin
-adapter between its protobuf messages and the data plane."""
+adapter between its protobuf messages and the data plane. ModelInfer tries the data plane's fast
+path first (DataPlane.infer_now: the common request, answered in one synchronous call, which for
+LeNet-5 is most of the difference to a bare server; docs/benchmarks.md) and falls back to infer()."""
 
 from __future__ import annotations
 
