@@ -33,6 +33,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
 from time import monotonic, perf_counter, perf_counter_ns
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,13 +46,22 @@ from .statistics import VersionStatistics
 log = logging.getLogger(__name__)
 
 
+class Computed(NamedTuple):
+    """A request's logits, the ns it waited for its batch and the ns its batch took (statistics.py)."""
+
+    logits: np.ndarray
+    queue_ns: int
+    infer_ns: int
+
+
 class _Item:
-    __slots__ = ("x", "future", "enqueued")
+    __slots__ = ("x", "future", "enqueued", "queue_ns")
 
     def __init__(self, x: np.ndarray, future: asyncio.Future, enqueued: float) -> None:
         self.x = x
         self.future = future
         self.enqueued = enqueued
+        self.queue_ns = 0
 
 
 class Batcher:
@@ -122,16 +132,14 @@ class Batcher:
             self.inline_idle_max_s, self._calls_open, 1 if call_counted else 0,
         )  # fmt: skip
 
-    def run_now(self, x: np.ndarray) -> np.ndarray:
+    def run_now(self, x: np.ndarray) -> Computed:
         """x's logits, computed on the event loop now (where runs_now says so)."""
         self._metrics.queue_wait.observe(0.0)
         out, took = self._timed_compute(x)
-        stats = self.stats
-        stats.queued(0)
-        stats.executed(len(x), 1, took)
-        return out
+        self.stats.executed(len(x), took)
+        return Computed(out, 0, took)
 
-    async def infer(self, x: np.ndarray) -> np.ndarray:
+    async def infer(self, x: np.ndarray) -> Computed:
         """Logits for x: float32 (N, C, H, W), N within the model's max batch size."""
         if self.runs_now(len(x)):
             return self.run_now(x)
@@ -160,7 +168,7 @@ class Batcher:
         self._pending_rows -= len(item.x)
         self._metrics.queue_depth.dec()
 
-    async def _infer_direct(self, x: np.ndarray) -> np.ndarray:
+    async def _infer_direct(self, x: np.ndarray) -> Computed:
         if len(self._direct) >= self._max_queue:
             raise QueueFull(self._queue_full)
         call = asyncio.get_running_loop().run_in_executor(self._executor, self._timed_run, x, perf_counter())
@@ -174,9 +182,8 @@ class Batcher:
             raise
         finally:
             self._direct.discard(call)
-        self.stats.queued(waited)
-        self.stats.executed(len(x), 1, took)
-        return out
+        self.stats.executed(len(x), took)
+        return Computed(out, waited, took)
 
     def _timed_run(self, x: np.ndarray, enqueued: float) -> tuple[np.ndarray, int, int]:
         """On a worker thread: the logits, the ns waited for the thread and the ns computed."""
@@ -233,7 +240,7 @@ class Batcher:
         for item in batch:
             waited = start - item.enqueued
             self._metrics.queue_wait.observe(waited)
-            self.stats.queued(int(waited * 1e9))
+            item.queue_ns = int(waited * 1e9)
         try:
             x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
         except MemoryError as exc:
@@ -246,8 +253,8 @@ class Batcher:
             except Exception as exc:
                 self._fail_logged(batch, exc)
             else:
-                self.stats.executed(len(x), len(batch), took, merged)
-                self._deliver(batch, out)
+                self.stats.executed(len(x), took, merged)
+                self._deliver(batch, out, took)
             return True
         try:
             done = asyncio.get_running_loop().run_in_executor(self._executor, self._timed_compute, x)
@@ -266,17 +273,17 @@ class Batcher:
             self._fail_logged(batch, exc)
         else:
             out, took = done.result()
-            self.stats.executed(len(out), len(batch), took, merged)
-            self._deliver(batch, out)
+            self.stats.executed(len(out), took, merged)
+            self._deliver(batch, out, took)
         self._dispatch()
 
     @staticmethod
-    def _deliver(batch: list[_Item], out: np.ndarray) -> None:
+    def _deliver(batch: list[_Item], out: np.ndarray, took: int) -> None:
         offset = 0
         for item in batch:
             n = len(item.x)
             if not item.future.done():
-                item.future.set_result(out[offset : offset + n])
+                item.future.set_result(Computed(out[offset : offset + n], item.queue_ns, took))
             offset += n
 
     def _fail_logged(self, batch: list[_Item], exc: BaseException) -> None:

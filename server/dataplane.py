@@ -19,7 +19,7 @@ import numpy as np
 from edgecnn import repository as repo
 from edgecnn.protos import model_config_pb2
 
-from .batching import Batcher
+from .batching import Batcher, Computed
 from .errors import InvalidArgument, NotFound, Unavailable, internal_error
 from .images import ImageInput, has_encoded, images_to_batch, softmax
 from .metrics import Metrics
@@ -301,16 +301,16 @@ class DataPlane:
             count = class_count(outputs, mv) if outputs else 0
             decoded = perf_counter_ns()
             if batcher is not None and batcher.runs_now(len(x)):  # no coroutine for the common case
-                logits = batcher.run_now(x)
+                result = batcher.run_now(x)
             else:
-                logits = await _computed(batcher, x)
-            outcome = InferOutcome(mv, logits, count)
+                result = await _computed(batcher, x)
+            outcome = InferOutcome(mv, result.logits, count)
             computed = perf_counter_ns()
             answer = outcome if encode is None else encode(outcome)
         except BaseException:
             stats.failed(perf_counter_ns() - start)
             raise
-        stats.succeeded(start, decoded, computed, perf_counter_ns())
+        stats.succeeded(start, decoded, computed, perf_counter_ns(), result.queue_ns, result.infer_ns)
         return answer
 
     def infer_now(
@@ -347,9 +347,9 @@ class DataPlane:
         stats = batcher.stats
         self.inflight += 1
         try:
-            logits = batcher.run_now(x)
+            result = batcher.run_now(x)
             computed = perf_counter_ns()
-            answer = encode(InferOutcome(mv, logits, 0))
+            answer = encode(InferOutcome(mv, result.logits, 0))
         except Exception as exc:
             took = perf_counter_ns() - start
             stats.failed(took)
@@ -359,7 +359,7 @@ class DataPlane:
         finally:
             self.inflight -= 1
         end = perf_counter_ns()
-        stats.succeeded(start, decoded, computed, end)
+        stats.succeeded(start, decoded, computed, end, 0, result.infer_ns)
         self.metrics.observe_request(mv.name, mv.version_str, "ModelInfer", "OK", (end - start) / 1e9, protocol=protocol)
         return answer
 
@@ -378,9 +378,9 @@ class DataPlane:
             else:
                 x = images_to_batch(images, mv)
             decoded = perf_counter_ns()
-            logits = await _computed(batcher, x)
+            result = await _computed(batcher, x)
             computed = perf_counter_ns()
-            scores = softmax(logits)
+            scores = softmax(result.logits)
             k = min(max(top_k, 1), mv.num_classes)
             results = [
                 [Prediction(mv.labels[i], int(i), float(row[i])) for i in indices]
@@ -389,7 +389,7 @@ class DataPlane:
         except BaseException:
             stats.failed(perf_counter_ns() - start)
             raise
-        stats.succeeded(start, decoded, computed, perf_counter_ns())
+        stats.succeeded(start, decoded, computed, perf_counter_ns(), result.queue_ns, result.infer_ns)
         return Classification(mv, results)
 
     def statistics(self, name: str = "", version: str = "") -> list[dict]:
@@ -456,7 +456,7 @@ class DataPlane:
         return list(self._batchers.values())
 
 
-def _computed(batcher: Batcher | None, x: np.ndarray) -> Awaitable[np.ndarray]:
+def _computed(batcher: Batcher | None, x: np.ndarray) -> Awaitable[Computed]:
     """The batcher's logits for x (UNAVAILABLE while the version is not yet served)."""
     if batcher is None:
         raise Unavailable(LOADING)

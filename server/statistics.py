@@ -21,6 +21,10 @@ Runtime call, compute_output 0 (the logits go back to each request as views, not
 milliseconds since the epoch. perf_analyzer's "overhead" is success - queue - compute_*: the
 event loop's scheduling between the steps.
 
+A request's numbers (success, queue, compute_input, compute_infer, compute_output) are added
+together when it succeeds, so every snapshot holds equal counts of them, as Triton's do (perf_analyzer
+refuses a window whose compute counts differ; a batch's requests resume one by one after it).
+
 Threads: the counters are plain ints, written and read on the event loop thread only. A batch
 computed on a worker thread measures its own time there and hands the numbers back with its
 logits; the batcher adds them on the loop (in the callback that delivers the batch), so no two
@@ -76,23 +80,13 @@ class VersionStatistics:
         self.compute_output = Duration()
         self.batches: dict[int, BatchStatistics] = {}
 
-    # --- the batcher: per request queued, per ONNX Runtime call ---
+    # --- the batcher: per ONNX Runtime call ---
 
-    def queued(self, ns: int) -> None:
-        """A request's batch started after it waited ns."""
-        q = self.queue
-        q.count += 1
-        q.ns += ns
-
-    def executed(self, rows: int, requests: int, infer_ns: int, input_ns: int = 0) -> None:
-        """One ONNX Runtime call of `rows` rows holding `requests` requests took infer_ns, after
-        input_ns to put the batch together."""
+    def executed(self, rows: int, infer_ns: int, input_ns: int = 0) -> None:
+        """One ONNX Runtime call of `rows` rows took infer_ns, after input_ns to put the batch together."""
         self.inference_count += rows
         self.execution_count += 1
         self.last_inference_ms = time_ns() // 1_000_000
-        infer = self.compute_infer
-        infer.count += requests
-        infer.ns += infer_ns * requests
         batch = self.batches.get(rows)
         if batch is None:
             batch = self.batches[rows] = BatchStatistics()
@@ -104,14 +98,19 @@ class VersionStatistics:
 
     # --- the data plane: per request, once it ends ---
 
-    def succeeded(self, start: int, decoded: int, computed: int, end: int) -> None:
+    def succeeded(self, start: int, decoded: int, computed: int, end: int, queue_ns: int, infer_ns: int) -> None:
         """A request that started at `start` (perf_counter_ns), had its input ready at `decoded`,
-        its logits at `computed` and its answer encoded at `end`."""
-        s, i, o = self.success, self.compute_input, self.compute_output
+        its logits at `computed` (after waiting queue_ns for its batch, which took infer_ns) and
+        its answer encoded at `end`."""
+        s, i, q, c, o = self.success, self.compute_input, self.queue, self.compute_infer, self.compute_output
         s.count += 1
         s.ns += end - start
         i.count += 1
         i.ns += decoded - start
+        q.count += 1
+        q.ns += queue_ns
+        c.count += 1
+        c.ns += infer_ns
         o.count += 1
         o.ns += end - computed
 

@@ -114,7 +114,7 @@ def test_requests_of_one_tick_share_the_free_places_and_get_their_own_rows(execu
     assert sorted(n for n, _ in model.calls) == [7, 8]  # 15 rows over the two free places
     for i, out in enumerate(outs):
         n = 1 + i % 2
-        np.testing.assert_array_equal(out[:, 0], np.full(n, i * 4.0 * 1))  # each request its own rows back
+        np.testing.assert_array_equal(out.logits[:, 0], np.full(n, i * 4.0 * 1))  # each request its own rows back
     assert sum(metrics.batch_size.values) == 15 and metrics.queue_depth.level == 0
 
 
@@ -214,7 +214,7 @@ def test_a_cancelled_request_leaves_the_queue_and_frees_its_place(executor):
         return out
 
     out = asyncio.run(main())
-    assert out[0, 0] == 12.0
+    assert out.logits[0, 0] == 12.0
     assert sum(n for n, _ in model.calls) == 3  # the cancelled request never ran
 
 
@@ -232,7 +232,7 @@ def test_batching_off_runs_each_request_alone_and_bounds_the_calls_waiting(execu
         return await asyncio.gather(*calls)
 
     outs = asyncio.run(main())
-    assert [n for n, _ in model.calls] == [1, 1, 1] and [o[0, 0] for o in outs] == [0.0, 4.0, 8.0]
+    assert [n for n, _ in model.calls] == [1, 1, 1] and [o.logits[0, 0] for o in outs] == [0.0, 4.0, 8.0]
 
 
 def test_stop_fails_what_is_still_queued_at_the_deadline_with_unavailable(executor):

@@ -19,6 +19,7 @@ from edgecnn.server.model_version import ModelLoader
 from edgecnn.server.registry import ModelRegistry
 from edgecnn.server.request_scope import GRPC, RequestScope
 from edgecnn.server.settings import Settings
+from edgecnn.server.statistics import VersionStatistics
 from edgecnn.server.tensor_checks import InputTensor, RequestedOutput
 from tests.onnx_models import FASHION_CLASSES, png_bytes, reference_logits, sample_images
 
@@ -185,3 +186,31 @@ def test_infer_now_counts_an_onnx_runtime_failure_as_internal(plane, samples, mo
     assert plane.statistics("lenet5", "2")[0]["inference_stats"]["fail"]["count"] == failed + 1
     assert read("edgecnn_requests_total", internal) == counted + 1
     assert plane.inflight == 0
+
+
+def test_statistics_count_a_request_in_every_field_at_once(plane, samples, monkeypatch):
+    """Triton's counts stay equal in every snapshot (perf_analyzer refuses a window whose compute
+    counts differ): a batch computed on a worker thread adds its requests' queue and infer counts
+    with their success, not when the batch ends, before those requests resume."""
+    batcher = plane.batcher("lenet5", 1)
+    monkeypatch.setattr(batcher, "inline_max_s", 0.0)
+    monkeypatch.setattr(batcher, "inline_idle_max_s", 0.0)
+    stats = batcher.stats
+    fields = ("success", "queue", "compute_input", "compute_infer", "compute_output")
+    snapshots: list[tuple[int, ...]] = []
+    executed = VersionStatistics.executed
+
+    def snapshot_after(self: VersionStatistics, *args, **kwargs) -> None:
+        executed(self, *args, **kwargs)
+        if self is stats:
+            snapshots.append(tuple(getattr(stats, f).count for f in fields))
+
+    monkeypatch.setattr(VersionStatistics, "executed", snapshot_after)
+    before = tuple(getattr(stats, f).count for f in fields)
+
+    async def burst():
+        await asyncio.gather(*(plane.infer("lenet5", "1", [tensor(samples["x"][i : i + 1])]) for i in range(5)))
+
+    asyncio.run(burst())
+    assert len(snapshots) == 5 and all(len(set(counts)) == 1 for counts in snapshots), snapshots
+    assert tuple(getattr(stats, f).count for f in fields) == tuple(n + 5 for n in before)
