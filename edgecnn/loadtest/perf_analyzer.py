@@ -203,7 +203,8 @@ def run(
 def _failure(output: str) -> str:
     """The lines of perf_analyzer's output that say why it stopped."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    said = [line for line in lines if "error" in line.lower() or "failed" in line.lower()]
+    # An abort prints "terminate called ... std::runtime_error" and then the reason after "what():".
+    said = [line for line in lines if any(word in line.lower() for word in ("error", "failed", "what():"))]
     return " | ".join(said[-3:] or lines[-3:]) or "no output"
 
 

@@ -203,3 +203,13 @@ def test_rounds_pool_to_their_mean_and_keep_each_round():
     assert pooled["latency_ms"]["p50"] == pytest.approx((0.664 + 1.0) / 2)  # over the rounds that measured
     assert pooled["server_us"]["request"] == 120.0 and pooled["errors"] == {"boom": 1}
     assert [r["req_per_s"] for r in pooled["runs"]] == [1191.68, 1000.0, 0.0] and "server_counts" not in pooled
+
+
+def test_an_abort_reports_its_reason():
+    """perf_analyzer aborts with the reason on the line after std::runtime_error's."""
+    output = (
+        "    Execution count: 1417\n"
+        "terminate called after throwing an instance of 'std::runtime_error'\n"
+        "  what():  Server side statistics compute counts must be the same.\n"
+    )
+    assert perf_analyzer._failure(output).endswith("what():  Server side statistics compute counts must be the same.")
