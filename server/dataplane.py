@@ -298,12 +298,9 @@ class DataPlane:
         start = perf_counter_ns()
         try:
             x = input_batch(inputs, mv, self.reject_nonfinite, self.metrics.count_nonfinite)
-            count = class_count(outputs, mv) if outputs else 0
+            count = class_count(outputs, mv)
             decoded = perf_counter_ns()
-            if batcher is not None and batcher.runs_now(len(x)):  # no coroutine for the common case
-                result = batcher.run_now(x)
-            else:
-                result = await _computed(batcher, x)
+            result = await _computed(batcher, x)
             outcome = InferOutcome(mv, result.logits, count)
             computed = perf_counter_ns()
             answer = outcome if encode is None else encode(outcome)

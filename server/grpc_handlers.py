@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from .dataplane import Call
+from .dataplane import Call, DataPlane
 from .errors import ServingError, internal_error
 from .request_scope import GRPC, RequestScope
 
@@ -21,6 +21,12 @@ Response = TypeVar("Response")
 Handler = Callable[[Any, Request, grpc.aio.ServicerContext, Call], Awaitable[Response]]
 
 
+def take_call(plane: DataPlane, context: grpc.aio.ServicerContext) -> None:
+    """The call is received; once grpc has sent its status it is answered (the drain waits for that)."""
+    if plane.call_received():
+        context.add_done_callback(plane.call_answered)
+
+
 def rpc(api: str) -> Callable[[Handler], Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]]:
     """Decorate a servicer method ``(self, request, context, call)``; self.plane is the DataPlane."""
 
@@ -28,8 +34,7 @@ def rpc(api: str) -> Callable[[Handler], Callable[[Any, Request, grpc.aio.Servic
         @functools.wraps(method)
         async def handler(self, request, context: grpc.aio.ServicerContext):
             plane = self.plane
-            if plane.call_received():  # answered once grpc has sent the status (the drain waits for it)
-                context.add_done_callback(plane.call_answered)
+            take_call(plane, context)
             try:
                 with RequestScope(plane, GRPC, api, context.time_remaining) as call:
                     return await method(self, request, context, call)

@@ -15,7 +15,7 @@ from edgecnn.protos import inference_pb2, inference_pb2_grpc
 
 from .dataplane import Call, DataPlane
 from .errors import InvalidArgument, ServingError
-from .grpc_handlers import rpc
+from .grpc_handlers import rpc, take_call
 from .request_scope import GRPC
 from .grpc_tensors import decode_inputs, decode_outputs, encode_outcome, single_raw_input
 
@@ -65,26 +65,24 @@ class KServeServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         single = single_raw_input(request)
         if single is not None:
             tensor, output = single
+            # Taken as rpc() takes a call, once infer_now has answered: nothing awaited since it arrived.
             try:
                 answer = plane.infer_now(
                     request.model_name, request.model_version, tensor, output, functools.partial(encode_outcome, request), GRPC
                 )
             except ServingError as exc:
-                answer = exc
+                take_call(plane, context)
+                await context.abort(exc.code, exc.message)
             if answer is not None:
-                if plane.call_received():  # as rpc() does; nothing awaited since the request arrived
-                    context.add_done_callback(plane.call_answered)
-                if isinstance(answer, ServingError):
-                    await context.abort(answer.code, answer.message)
+                take_call(plane, context)
                 return answer
         return await self._infer(request, context)
 
     @rpc("ModelInfer")
-    def _infer(self, request, context, call: Call):
-        # Not a coroutine of its own: rpc awaits the data plane's (one frame less per request).
+    async def _infer(self, request, context, call: Call):
         inputs, outputs = decode_inputs(request), decode_outputs(request)
         encode = functools.partial(encode_outcome, request)
-        return self.plane.infer(request.model_name, request.model_version, inputs, outputs, call, encode)
+        return await self.plane.infer(request.model_name, request.model_version, inputs, outputs, call, encode)
 
     @rpc("ModelStatistics")
     async def ModelStatistics(self, request, context, call: Call):
