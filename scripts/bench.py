@@ -148,6 +148,7 @@ def server_command(kind: str, model: BenchModel, threads: int, delay_us: int, de
 class Listening:
     grpc: str  # HOST:PORT
     http: str | None  # http://HOST:PORT, for a server with an HTTP front end
+    pid: int  # the server's process (the supervisor of --workers): the bench reports its CPU
 
 
 @contextmanager
@@ -155,7 +156,7 @@ def running(cmd: list[str], ready: str, log_path: Path) -> Iterator[Listening]:
     with open(log_path, "w") as stderr, ChildProcess(cmd, ready, READY_TIMEOUT_S, cwd=ROOT, stderr=stderr) as child:
         groups = child.match.groups()
         http = groups[3] if len(groups) >= 4 else None
-        yield Listening(f"127.0.0.1:{child.match.group(2)}", f"http://127.0.0.1:{http}" if http else None)
+        yield Listening(f"127.0.0.1:{child.match.group(2)}", f"http://127.0.0.1:{http}" if http else None, child.proc.pid)
 
 
 def server_kinds(model: BenchModel, device: str, args: argparse.Namespace) -> list[str]:
@@ -192,15 +193,16 @@ def measure_servers(
                 cmd, ready = server_command(kind, model, args.threads, args.batch_delay_us, device)
                 listening = stack.enter_context(running(cmd, ready, args.workdir / f"{model.name}-{kind}-{device}-round{r + 1}.log"))
                 if kind in WORKERS:  # over several connections per client process: the kernel balances connections
-                    targets[kind] = Measured(Target(listening.grpc, model.name, connections=args.workers_connections), sweep=args.workers_sweep)
+                    targets[kind] = Measured(Target(listening.grpc, model.name, connections=args.workers_connections), sweep=args.workers_sweep,
+                                             pid=listening.pid)  # fmt: skip
                 else:
-                    targets[kind] = Measured(Target(listening.grpc, model.name))
+                    targets[kind] = Measured(Target(listening.grpc, model.name), pid=listening.pid)
                 if kind == "batching-off" and http:  # the same process through its HTTP port
                     if listening.http is None:
                         raise RuntimeError(f"{model.name} {kind}: no HTTP port in its ready line")
                     for http_kind, bodies in http_payloads.items():
                         target = Target(listening.http, model.name, protocol="http", http_body=http_kind.removeprefix("http-"))
-                        targets[http_kind] = Measured(target, bodies, args.http_sweep)
+                        targets[http_kind] = Measured(target, bodies, args.http_sweep, listening.pid)
             yield targets
 
     measured: dict[str, dict[str, dict[int, list[dict]]]] = {}

@@ -12,6 +12,7 @@ from pathlib import Path
 from edgecnn.atomic_files import write_text_atomic
 from edgecnn.server.settings import DEFAULT_INLINE_IDLE_MAX_US, DEFAULT_INLINE_MAX_US
 
+from .process_cpu import cpu_text
 from .report import ms_text
 
 # floor-inline runs every batch-1 call of the three CPU models on the event loop (MobileNetV2's too,
@@ -264,6 +265,10 @@ def _client_method(s: dict) -> list[str]:
         "between the servers (and targets) measured at that step, the order rotating each slice: drift of the "
         "machine over a step hits them all alike. A table row pools every slice of every round (requests over total "
         "time, percentiles of the merged histograms) and lists each round's req/s, which shows the run-to-run noise.",
+        "- **server CPU**: user + system CPU of the server's process and its descendants (a supervisor's workers), "
+        "read from /proc around each slice and each perf_analyzer run, as cores (CPU seconds per second of load: a "
+        "slice's warm-up and window, a perf_analyzer run's whole time) and per request (cores over req/s); "
+        "perf_analyzer's own CPU comes from its process's usage.",
     ]
 
 
@@ -344,8 +349,10 @@ def write_markdown(results: dict, path: Path, plot_name: str | None) -> None:
                 rounds = " / ".join(f"{run['req_per_s']:.0f}" for run in step["runs"])
                 rows.append([kind, str(step["concurrency"]), f"{step['req_per_s']:.0f}", rounds, ms_text(lat["p50"]), ms_text(lat["p90"]),
                              ms_text(lat["p99"]), ms_text(lat["max"]), str(sum(step["errors"].values())),
+                             cpu_text(step.get("cpu"), "server_s", step["req_per_s"]),
                              "/".join(f"{c:.0%}" for c in step["client_cpu"]) + (" saturated" if step["client_saturated"] else "")])  # fmt: skip
-        out += [f"### {name}", "", _md_table(["server", "concurrency", "req/s", "req/s per round", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "client CPU per process"], rows), ""]
+        out += [f"### {name}", "", _md_table(["server", "concurrency", "req/s", "req/s per round", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors",
+                                              "server CPU", "client CPU per process"], rows), ""]  # fmt: skip
     out += _perf_analyzer_sections(results)
     out += _http_section(results)
     out += _workers_section(results)
@@ -430,13 +437,14 @@ def _perf_analyzer_sections(results: dict) -> list[str]:
                     rounds = " / ".join(f"{run['req_per_s']:.0f}" for run in step.get("runs", []))
                     rows.append([kind, report.get("client", mode), str(step["concurrency"]), f"{step['req_per_s']:.0f}", rounds,
                                  ms_text(lat.get("p50")), ms_text(lat.get("p90")), ms_text(lat.get("p95")), ms_text(lat.get("p99")),
-                                 str(sum(step["errors"].values()))])  # fmt: skip
+                                 str(sum(step["errors"].values())), cpu_text(step.get("cpu"), "server_s", step["req_per_s"]),
+                                 cpu_text(step.get("cpu"), "client_s", step["req_per_s"])])  # fmt: skip
                     server = step.get("server_us")
                     if server:
                         breakdown.append([name, kind, report.get("client", mode), str(step["concurrency"]), f"{step['req_per_s']:.0f}",
                                           ms_text(lat.get("p50")), *(f"{server[k]:.0f}" for k in SERVER_PARTS)])  # fmt: skip
         out += [f"### {name}", "", _md_table(["server", "client", "concurrency", "req/s", "req/s per round", "p50 ms", "p90 ms",
-                                              "p95 ms", "p99 ms", "errors"], rows), ""]  # fmt: skip
+                                              "p95 ms", "p99 ms", "errors", "server CPU", "perf_analyzer CPU"], rows), ""]  # fmt: skip
         errors = sorted({message for kind, by_mode in servers.items() for report in by_mode.values()
                          for step in report["steps"] for message in step["errors"]})  # fmt: skip
         if errors:
@@ -517,7 +525,8 @@ def _workers_section(results: dict) -> list[str]:
                     over_floor = _times(_ratio(step["req_per_s"], floors[fastest])) if fastest else "n/a"
                     lat = step["latency_ms"]
                     rows.append([model, client, kind, str(c), f"{step['req_per_s']:.0f}", over_one, over_floor, ms_text(lat.get("p50")),
-                                 ms_text(lat.get("p99")), str(sum(step["errors"].values()))])  # fmt: skip
+                                 ms_text(lat.get("p99")), str(sum(step["errors"].values())),
+                                 cpu_text(step.get("cpu"), "server_s", step["req_per_s"]), _client_cores(step)])  # fmt: skip
     if not rows:
         return []
     return [
@@ -529,9 +538,22 @@ def _workers_section(results: dict) -> list[str]:
         f"the faster floor at c={TOP_CONCURRENCY}, and one connection (perf_analyzer at c={WORKERS_ONE_CONNECTION}) no worse than "
         "--workers 1, client and servers on the same CPUs.",
         "",
-        _md_table(["model", "client", "server", "concurrency", "req/s", "x workers-1", "x faster floor", "p50 ms", "p99 ms", "errors"], rows),
+        _md_table(["model", "client", "server", "concurrency", "req/s", "x workers-1", "x faster floor", "p50 ms", "p99 ms", "errors",
+                   "server CPU", "client CPU"], rows),  # fmt: skip
+        "",
+        f"Server and client CPU show where the machine's cores went: a row whose two add up to about "
+        f"{results['machine'].get('usable_cpus', 'all')} cores was bound by the machine, not by the server's processes.",
         "",
     ]
+
+
+def _client_cores(step: dict) -> str:
+    """The client's CPU of a step: perf_analyzer's over its run, or the load tester's processes' shares added up."""
+    use = step.get("cpu")
+    if use and use.get("client_s") is not None:
+        return cpu_text(use, "client_s", step["req_per_s"])
+    shares = step.get("client_cpu")
+    return f"{sum(shares):.2f} cores" if shares else "n/a"
 
 
 def write_plot(results: dict, path: Path) -> bool:

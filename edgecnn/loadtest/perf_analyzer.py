@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .process_cpu import cpu_use, pool_cpu
 from .side_by_side import Measured, rotated
 from .workload import Target
 
@@ -324,6 +325,7 @@ def pool_rows(rows: list[dict]) -> dict:
     if breakdowns:
         pooled["server_us"] = {k: round(_mean([b[k] for b in breakdowns]), 1) for k in breakdowns[0]}
     pooled.pop("server_counts", None)
+    pooled["cpu"] = pool_cpu([r.get("cpu") for r in measured])
     return pooled
 
 
@@ -342,7 +344,8 @@ def measure_round(
     its body's tensor format), the targets in an order that rotates each time (as the load
     tester's slices: side_by_side.py), so drift of the machine hits them alike.
     {target: {mode: {concurrency: row}}}; a run that fails is a row with its message as an error
-    (failed_row)."""
+    (failed_row). A row's "cpu" is the server's (a Measured's pid) and perf_analyzer's CPU over
+    its whole run (process_cpu.cpu_use)."""
     measured_at = {name: t if isinstance(t, Measured) else Measured(t) for name, t in targets.items()}
     measured: dict[str, dict[str, dict[int, dict]]] = {name: {mode: {} for mode in modes} for name in targets}
     turn = round_index * len(sweep) * len(modes)
@@ -356,8 +359,10 @@ def measure_round(
             for name in rotated(names, turn):
                 target = measured_at[name].target
                 try:
-                    (row,) = run(pa, target.model, target.server, (c, c), interval_ms, mode, stability_percent=stability_percent,
-                                 timeout_s=timeout_s, protocol=target.protocol, tensor_format=target.http_body)  # fmt: skip
+                    with cpu_use(measured_at[name].pid, client_children=True) as use:
+                        (row,) = run(pa, target.model, target.server, (c, c), interval_ms, mode, stability_percent=stability_percent,
+                                     timeout_s=timeout_s, protocol=target.protocol, tensor_format=target.http_body)  # fmt: skip
+                    row["cpu"] = use
                 except PerfAnalyzerError as exc:
                     row = failed_row(c, mode, str(exc))
                 measured[name][mode][c] = row

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 
+from .process_cpu import cpu_use, pool_cpu
 from .runner import Plan, run_plan
 from .stats import pool_steps
 from .worker import WorkerPool
@@ -23,12 +24,14 @@ TOOL = "edgecnn loadtest"
 @dataclass(frozen=True)
 class Measured:
     """One measured target: where it is and how it is called (its protocol: Target), the
-    requests it is sent (None: measure_side_by_side's shared ones) and the concurrencies of the
-    schedule's sweep it is measured at (None: all of them)."""
+    requests it is sent (None: measure_side_by_side's shared ones), the concurrencies of the
+    schedule's sweep it is measured at (None: all of them) and the server's process, whose CPU
+    (with its descendants') each step reports under "cpu" (None: not measured)."""
 
     target: Target
     payloads: list[bytes] | None = None
     sweep: tuple[int, ...] | None = None
+    pid: int | None = None
 
     def at(self, concurrency: int) -> bool:
         return self.sweep is None or concurrency in self.sweep
@@ -113,14 +116,15 @@ def measure_side_by_side(
                     at_c = {name: plan for name, plan in plans.items() if round_targets[name].at(c)}
                     if not at_c:
                         continue
-                    for name, step in measure_step(at_c, c, r, schedule.slices, pool).items():
+                    pids = {name: round_targets[name].pid for name in at_c}
+                    for name, step in measure_step(at_c, c, r, schedule.slices, pool, pids).items():
                         measured.setdefault(name, {}).setdefault(c, []).append(step)
                     if log:
                         log(f"  c={c}: " + ", ".join(f"{name} {measured[name][c][-1]['req_per_s']:.0f} req/s" for name in at_c))
                 if each_round is not None:
                     each_round(r, round_targets)
     return {
-        name: {"tool": TOOL, "steps": [pool_steps(measured[name][c]) for c in schedule.sweep if c in measured.get(name, {})]}
+        name: {"tool": TOOL, "steps": [pooled(measured[name][c]) for c in schedule.sweep if c in measured.get(name, {})]}
         for name in first
     }
 
@@ -130,15 +134,27 @@ def rotated(names: list[str], turn: int) -> list[str]:
     return names[turn % len(names) :] + names[: turn % len(names)]
 
 
-def measure_step(plans: Mapping[str, Plan], concurrency: int, round_index: int, slices: int, pool: WorkerPool) -> dict[str, dict]:
+def measure_step(
+    plans: Mapping[str, Plan], concurrency: int, round_index: int, slices: int, pool: WorkerPool, pids: Mapping[str, int | None] | None = None
+) -> dict[str, dict]:
     """One step of one round for every server: `slices` slices each, alternating between the
-    servers, the order rotating each slice and going on from the round before; pooled per server."""
+    servers, the order rotating each slice and going on from the round before; pooled per server.
+    A server with a pid in `pids` has its CPU over its slices under "cpu" (process_cpu.cpu_use)."""
     names = list(plans)
     steps: dict[str, list[dict]] = {name: [] for name in names}
     for s in range(slices):
         for name in rotated(names, round_index * slices + s):
-            steps[name].append(run_slice(plans[name], concurrency, pool))
-    return {name: pool_steps(measured) for name, measured in steps.items()}
+            with cpu_use((pids or {}).get(name)) as use:
+                step = run_slice(plans[name], concurrency, pool)
+            # Per second of load: the slice's warm-up and window, not the client processes' start and stop around them.
+            loaded_s = plans[name].warmup_s + plans[name].duration_s
+            steps[name].append({**step, "cpu": {**use, "wall_s": min(use["wall_s"], loaded_s)} if use["server_s"] is not None else None})
+    return {name: pooled(measured) for name, measured in steps.items()}
+
+
+def pooled(steps: list[dict]) -> dict:
+    """pool_steps, and the steps' CPU (process_cpu.pool_cpu)."""
+    return {**pool_steps(steps), "cpu": pool_cpu([s.get("cpu") for s in steps])}
 
 
 def run_slice(plan: Plan, concurrency: int, pool: WorkerPool) -> dict:

@@ -108,7 +108,7 @@ def test_a_saturated_client_is_listed_and_a_missing_matplotlib_leaves_the_plot_o
     bench_report.write_report(data, tmp_path / "b.md", lambda message: None)
     text = (tmp_path / "b.md").read_text()
     assert "Client CPU saturation (a client process at >= 90% of a core): lenet5 floor c=64." in text
-    assert "| floor | 64 | 2000 | 1800 / 2200 | 10.00 | 10.00 | 10.00 | 10.00 | 0 | 30%/30% saturated |" in text
+    assert "| floor | 64 | 2000 | 1800 / 2200 | 10.00 | 10.00 | 10.00 | 10.00 | 0 | n/a | 30%/30% saturated |" in text
     assert "![" not in text and not (tmp_path / "b.png").exists()
     assert "bench: no plot written: needs matplotlib" in capsys.readouterr().err
     assert json.loads((tmp_path / "b.json").read_text())["targets"][-1] == ["zero errors", "0 failed requests", True]
@@ -258,3 +258,11 @@ def test_one_connection_to_two_workers_is_judged_against_one_worker_at_c1():
     assert not any("[edgecnn loadtest]: one client connection" in g for g in rows), "the load tester spreads over its connections"
     del pa["workers-2"]["async"]["steps"][0]
     assert rows_of(data)[goal.format("async")] == ("not measured (no c=1 figures)", False)
+
+
+def test_a_step_with_its_cpu_shows_the_servers_cores_and_cost_per_request(tmp_path):
+    data = results({"cpu": servers(1.0, 1.0, 1.0)}, models=("lenet5",))
+    data["servers"]["lenet5"]["floor"]["steps"][2]["cpu"] = {"wall_s": 4.0, "server_s": 4.6, "client_s": None}  # c=64, 2000 req/s
+    bench_report.write_report(data, tmp_path / "b.md", lambda message: None)
+    text = (tmp_path / "b.md").read_text()
+    assert "| floor | 64 | 2000 | 1800 / 2200 | 10.00 | 10.00 | 10.00 | 10.00 | 0 | 1.15 cores, 575 us/req | 30%/30% |" in text

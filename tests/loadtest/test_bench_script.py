@@ -4,6 +4,7 @@ after every leg, and --render. Servers are faked except the floor server's own t
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -154,7 +155,7 @@ def test_servers_are_measured_in_alternating_slices_and_pooled_per_round(bench, 
     @contextmanager
     def running(cmd, ready, log_path):
         started.append(log_path.name)
-        yield bench.Listening(log_path.name.split("-round")[0], None)
+        yield bench.Listening(log_path.name.split("-round")[0], None, os.getpid())
 
     def run_slice(plan, concurrency, pool):
         kind = plan.target.server.rsplit("-cpu", 1)[0].split("lenet5-", 1)[1]
@@ -184,6 +185,7 @@ def test_servers_are_measured_in_alternating_slices_and_pooled_per_round(bench, 
         for step in report["steps"]:
             assert len(step["runs"]) == 2, "one run per round"
             assert step["duration_s"] == 4.0  # 2 rounds x 2 slices x 1 s
+            assert step["cpu"]["server_s"] is not None and step["cpu"]["wall_s"] > 0  # the server's pid (this process here) read
     assert reports["floor"]["steps"][0]["req_per_s"] / reports["batching-on"]["steps"][0]["req_per_s"] == pytest.approx(100 / 80)
 
 
@@ -195,7 +197,7 @@ def test_perf_analyzer_measures_the_same_servers_in_the_first_pa_rounds(bench, t
 
     @contextmanager
     def running(cmd, ready, log_path):
-        yield bench.Listening(log_path.name.split("-round")[0], None)
+        yield bench.Listening(log_path.name.split("-round")[0], None, os.getpid())
 
     def run_slice(plan, concurrency, pool):
         histogram = new_histogram()
@@ -244,7 +246,8 @@ def test_http_and_workers_targets_are_measured_beside_the_servers(bench, tmp_pat
     def running(cmd, ready, log_path):
         kind = log_path.name.split("lenet5-", 1)[1].rsplit("-cpu", 1)[0]
         commands[kind] = cmd
-        yield bench.Listening(f"{kind}:1", f"http://{kind}:2" if "--http-port" in cmd and "0" == cmd[cmd.index("--http-port") + 1] else None)
+        yield bench.Listening(f"{kind}:1", f"http://{kind}:2" if "--http-port" in cmd and "0" == cmd[cmd.index("--http-port") + 1] else None,
+                              os.getpid())  # fmt: skip
 
     def run_slice(plan, concurrency, pool):
         t = plan.target
