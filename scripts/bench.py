@@ -60,6 +60,7 @@ from edgecnn.number_args import (  # noqa: E402
 )  # fmt: skip
 from edgecnn.repository import INPUT_NAME  # noqa: E402
 from edgecnn.server.cmd_serve import READY_LINE  # noqa: E402
+from edgecnn.server import event_loop  # noqa: E402
 from edgecnn.server.device import cuda_usable  # noqa: E402
 from edgecnn.loadtest.bench_report import FLOOR_INLINE_MAX_US  # noqa: E402
 from machine import cpu_model, memory_gib  # noqa: E402  (scripts/machine.py)
@@ -364,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick, "duration": args.duration, "warmup": args.warmup, "concurrency": ",".join(map(str, args.concurrency)),
             "threads": args.threads, "processes": args.processes, "batch_delay_us": args.batch_delay_us, "callers": callers,
             "rounds": args.rounds, "slices": args.slices,
-            "devices": devices,
+            "devices": devices, "event_loop": event_loop.resolve("auto"),
             "http": {"models": [m for m in args.http_models if m in args.models.split(",")] if args.http_sweep else [],
                      "concurrency": list(args.http_sweep)},
             "workers": {"models": [m for m in args.workers_models if m in args.models.split(",")] if args.workers_sweep and "cpu" in devices else [],

@@ -5,7 +5,8 @@ input tensor, runs ONNX Runtime and returns the raw logits. No validation, metri
 batching; ServerMetadata, ModelMetadata and ModelConfig exist only so that clients (the load tester,
 perf_analyzer) can ask for the input shape and max batch size. It prints "listening on HOST:PORT"
 once it accepts calls, after its warm-up. ONNX Runtime gets edgecnn serve's session options, so
-the two differ only in the service around it.
+the two differ only in the service around it; it runs on the event loop edgecnn serve picks
+(--event-loop, server/event_loop.py: uvloop where installed).
 
 Two variants (`make bench` measures both and judges edgecnn against the faster one):
 - executor (the default, --inline-max-us 0): every call runs on an executor thread;
@@ -35,6 +36,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without an install too
 
 from edgecnn.protos import inference_pb2, inference_pb2_grpc, model_config_pb2  # noqa: E402
+from edgecnn.server import event_loop  # noqa: E402
 from edgecnn.server.device import providers_for  # noqa: E402
 from edgecnn.server.sessions import open_session  # noqa: E402
 
@@ -125,8 +127,10 @@ def main() -> None:
     parser.add_argument("--inline-max-us", type=float, default=0.0,
                         help="run batch-1 calls on the event loop thread when the warm batch-1 time is at most this "
                         "(0: always an executor thread, the default)")
+    parser.add_argument("--event-loop", choices=event_loop.EVENT_LOOPS, default="auto", help="as edgecnn serve's (default auto)")
+    args = parser.parse_args()
     try:
-        asyncio.run(serve(parser.parse_args()))
+        event_loop.run(serve(args), args.event_loop)
     except KeyboardInterrupt:
         pass
 

@@ -32,6 +32,7 @@ from .cpus import usable_cpus
 from .dataplane import DataPlane
 from .device import providers_for
 from .errors import StartupError
+from .event_loop import loop_factory, loop_name
 from .health_reflection import NOT_SERVING, SERVING, Health
 from .http_server import HttpFrontEnd, ssl_context
 from .metrics import Metrics
@@ -141,6 +142,7 @@ class InferenceServer:
         await self.manager.start(s.repository_poll_secs)
         self.plane.mark_ready()
         log.info("execution provider: %s (asked for --device %s)", ", ".join(self.plane.providers()) or "none yet", s.device)
+        log.info("event loop: %s", loop_name(asyncio.get_running_loop()))
         await self._health.set_all(self.plane.model_names(), SERVING)
         await self._publish_readiness()
         self._metrics_flusher = asyncio.create_task(self._flush_metrics_periodically(WORKER_FLUSH_S if s.worker else FLUSH_UNSCRAPED_S))
@@ -271,7 +273,7 @@ class ServerThread:
     def __init__(self, settings: Settings, start_timeout_s: float = 60.0) -> None:
         self.settings = settings
         self._timeout = start_timeout_s
-        self._loop = asyncio.new_event_loop()
+        self._loop = loop_factory(settings.event_loop)()
         self._thread = threading.Thread(target=self._loop.run_forever, name="edgecnn-server", daemon=True)
         self.server: InferenceServer | None = None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import re
 import sys
@@ -12,8 +11,10 @@ from pathlib import Path
 from edgecnn.auth_token import token_file_option
 from edgecnn.number_args import positive_float, true_or_false
 
+from . import event_loop
 from .app import InferenceServer, serve_until_signal
 from .errors import StartupError
+from .event_loop import EVENT_LOOPS, resolve
 from .workers import serve_workers, worker_count
 from .settings import (
     DEFAULT_INLINE_IDLE_MAX_US,
@@ -120,6 +121,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--strict-readiness", type=true_or_false, default=True, metavar="true|false",
         help="ServerReady only while every model that should serve does (default true; false: once the server serves)",
     )
+    parser.add_argument(
+        "--event-loop", choices=EVENT_LOOPS, default="auto",
+        help="the asyncio event loop: uvloop (faster per request), asyncio's own, or auto: uvloop where installed (default)",
+    )  # fmt: skip
     parser.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on SIGTERM (default 10)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -152,6 +157,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         load_models=tuple(args.load_model),
         exit_on_error=args.exit_on_error,
         strict_readiness=args.strict_readiness,
+        event_loop=resolve(args.event_loop),
     )
 
 
@@ -173,8 +179,8 @@ def run(args: argparse.Namespace) -> int:
         workers = worker_count(args.workers)
         if workers > 1:
             announce = lambda *ports: _announce_ports(*ports, workers=workers)  # noqa: E731
-            return asyncio.run(serve_workers(settings, workers, args.log_level, on_ready=announce))
-        return asyncio.run(serve_until_signal(settings, on_ready=_announce))
+            return event_loop.run(serve_workers(settings, workers, args.log_level, on_ready=announce), settings.event_loop)
+        return event_loop.run(serve_until_signal(settings, on_ready=_announce), settings.event_loop)
     except (StartupError, ValueError, OSError) as exc:
         print(f"edgecnn serve: {exc}", file=sys.stderr)
         return 2

@@ -66,6 +66,8 @@ class Settings:
     # CPUs this server's ONNX Runtime calls may use (its worker threads); 0: usable_cpus(). A
     # worker of --workers N gets its share.
     cpus: int = 0
+    # auto | asyncio | uvloop (server/event_loop.py); a worker runs the loop its supervisor was given.
+    event_loop: str = "auto"
 
     def __post_init__(self) -> None:
         if self.model_control_mode not in ("none", "poll", "explicit"):

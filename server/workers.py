@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from prometheus_client.exposition import start_http_server
 from prometheus_client.multiprocess import mark_process_dead
 
+from . import event_loop
 from .app import serve_until_signal
 from .cpus import usable_cpus
 from .errors import StartupError
@@ -157,7 +158,7 @@ def worker_main() -> int:
         print(f"{WORKER_READY} pid {os.getpid()}", flush=True)
 
     try:
-        asyncio.run(serve_until_signal(spec.settings, on_ready=ready))
+        event_loop.run(serve_until_signal(spec.settings, on_ready=ready), spec.settings.event_loop)
     except (StartupError, ValueError, OSError) as exc:
         print(f"edgecnn serve: worker {spec.index}: {exc}", file=sys.stderr, flush=True)
         return 2

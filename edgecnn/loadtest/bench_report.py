@@ -291,7 +291,8 @@ def write_markdown(results: dict, path: Path, plot_name: str | None) -> None:
         "",
         "## Method",
         "",
-        "- Every server runs as its own process on 127.0.0.1, loads only the model under test, and uses the same "
+        "- Every server runs as its own process on 127.0.0.1, loads only the model under test, runs on the same "
+        f"event loop ({s.get('event_loop', 'asyncio')}: edgecnn serve's and the floor's `--event-loop auto`) and uses the same "
         f"ONNX Runtime settings: CPU provider, ORT_ENABLE_ALL, {s['threads']} intra-op thread(s), 1 inter-op thread; "
         "the floor server runs ONNX Runtime on an executor thread pool, as edgecnn does for batches over its "
         "inline budget, or (floor-inline) batch-1 calls of small models on the event loop. Legs marked "
