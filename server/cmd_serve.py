@@ -14,7 +14,6 @@ from edgecnn.number_args import positive_float, true_or_false
 from . import event_loop
 from .app import InferenceServer, serve_until_signal
 from .errors import StartupError
-from .event_loop import EVENT_LOOPS, resolve
 from .workers import serve_workers, worker_count
 from .settings import (
     DEFAULT_INLINE_IDLE_MAX_US,
@@ -122,7 +121,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="ServerReady only while every model that should serve does (default true; false: once the server serves)",
     )
     parser.add_argument(
-        "--event-loop", choices=EVENT_LOOPS, default="auto",
+        "--event-loop", choices=event_loop.EVENT_LOOPS, default="auto",
         help="the asyncio event loop: uvloop (faster per request), asyncio's own, or auto: uvloop where installed (default)",
     )  # fmt: skip
     parser.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on SIGTERM (default 10)")
@@ -157,7 +156,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         load_models=tuple(args.load_model),
         exit_on_error=args.exit_on_error,
         strict_readiness=args.strict_readiness,
-        event_loop=resolve(args.event_loop),
+        event_loop=event_loop.resolve(args.event_loop),
     )
 
 
