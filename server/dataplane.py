@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from time import perf_counter_ns
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -53,6 +53,21 @@ class Call:
     def label(self, mv: ModelVersion) -> None:
         self.model = mv.name
         self.version = mv.version_str
+
+
+class SimpleRequest(NamedTuple):
+    """The request most clients send, checked and decoded (DataPlane.simple_request): one raw
+    FP32 input the model takes as it is, its logits asked for."""
+
+    mv: ModelVersion
+    batcher: Batcher
+    x: np.ndarray
+    start: int  # perf_counter_ns when its checks began (compute_input counts them)
+    decoded: int
+
+    def runs_now(self) -> bool:
+        """It runs at once on the event loop (Batcher.runs_now; its call not yet counted open)."""
+        return self.batcher.runs_now(len(self.x), call_counted=False)
 
 
 @dataclass(frozen=True)
@@ -257,11 +272,15 @@ class DataPlane:
     def _model(self, name: str, version: str, call: Call | None) -> ModelVersion:
         mv = self._registry.get(name, version)
         if call is not None:
-            call.label(mv)
-            if call.epoch is None:
-                call.epoch = (mv.name, self._epochs.get(mv.name, 0))
-                self._epoch_users[call.epoch] = self._epoch_users.get(call.epoch, 0) + 1
+            self._pin(mv, call)
         return mv
+
+    def _pin(self, mv: ModelVersion, call: Call) -> None:
+        """Label the call with mv, and keep mv from being freed while the call is in flight."""
+        call.label(mv)
+        if call.epoch is None:
+            call.epoch = (mv.name, self._epochs.get(mv.name, 0))
+            self._epoch_users[call.epoch] = self._epoch_users.get(call.epoch, 0) + 1
 
     def metadata(self, name: str, version: str = "", call: Call | None = None) -> ModelMetadata:
         mv = self._model(name, version, call)
@@ -299,7 +318,24 @@ class DataPlane:
         try:
             x = input_batch(inputs, mv, self.reject_nonfinite, self.metrics.count_nonfinite)
             count = class_count(outputs, mv)
-            decoded = perf_counter_ns()
+        except BaseException:
+            stats.failed(perf_counter_ns() - start)
+            raise
+        return await self._answer(mv, batcher, stats, x, count, start, perf_counter_ns(), encode)
+
+    async def _answer(
+        self,
+        mv: ModelVersion,
+        batcher: Batcher | None,
+        stats: VersionStatistics,
+        x: np.ndarray,
+        count: int,
+        start: int,
+        decoded: int,
+        encode: Callable[[InferOutcome], Any] | None,
+    ) -> Any:
+        """A checked request's answer from its batcher, counted in its statistics."""
+        try:
             result = await _computed(batcher, x)
             outcome = InferOutcome(mv, result.logits, count)
             computed = perf_counter_ns()
@@ -310,18 +346,12 @@ class DataPlane:
         stats.succeeded(start, decoded, computed, perf_counter_ns(), result.queue_ns, result.infer_ns)
         return answer
 
-    def infer_now(
-        self, name: str, version: str, tensor: InputTensor, output: str | None, encode: Callable[[InferOutcome], Any], protocol: str
-    ) -> Any:
-        """infer()'s fast path, for the request most clients send: one raw FP32 input the model
-        takes as it is, its logits asked for (`output` None, or the model's output with no
-        parameters), a served version that runs it at once on the event loop (Batcher.runs_now).
-        The same answer, metrics and statistics as infer(), without its coroutines and per-call
-        objects: nothing here awaits, so no drain or version swap can come between the lookup
-        and the answer. None: not such a request, or not now (loading, draining, a queue):
-        infer() takes it, and every error but an unexpected one. The front end still marks the
-        call received and answered (call_received, call_answered).
-        Raises ServingError (INTERNAL, counted) when ONNX Runtime or the encoding fails."""
+    def simple_request(self, name: str, version: str, tensor: InputTensor, output: str | None) -> SimpleRequest | None:
+        """The request most clients send, checked and decoded without infer()'s general
+        decoding: one raw FP32 input the model takes as it is, its logits asked for (`output`
+        None, or the model's output with no parameters), a version with a batcher. None: not
+        such a request, or not now (loading, draining, a non-finite input refused): infer()
+        takes it, with its error messages. A non-finite input accepted is counted here."""
         if not self._ready or self._draining_since is not None:
             return None
         mv = self._registry.lookup(name, version)
@@ -333,18 +363,35 @@ class DataPlane:
             return None
         n = shape[0]
         start = perf_counter_ns()  # compute_input counts the checks too, as infer()'s does
-        if not 1 <= n <= mv.serving.batch_limit or len(raw) != n * mv.sample_nbytes or not batcher.runs_now(n, call_counted=False):
+        if not 1 <= n <= mv.serving.batch_limit or len(raw) != n * mv.sample_nbytes:
             return None
         x = np.frombuffer(raw, dtype=F32).reshape(shape)
         if not np.isfinite(x).all():
             if self.reject_nonfinite:
                 return None
             self.metrics.count_nonfinite(mv)
-        decoded = perf_counter_ns()
+        return SimpleRequest(mv, batcher, x, start, perf_counter_ns())
+
+    async def infer_simple(self, request: SimpleRequest, call: Call, encode: Callable[[InferOutcome], Any]) -> Any:
+        """encode(outcome) of a simple request that does not run at once (a front end's
+        RequestScope holds `call`), with infer()'s statistics; nothing awaited since
+        simple_request looked its version up."""
+        self._pin(request.mv, call)
+        batcher = request.batcher
+        return await self._answer(request.mv, batcher, batcher.stats, request.x, 0, request.start, request.decoded, encode)
+
+    def answer_now(self, request: SimpleRequest, encode: Callable[[InferOutcome], Any], protocol: str) -> Any:
+        """encode(outcome) of a simple request that runs at once (request.runs_now()), computed
+        on the event loop, with the metrics and statistics infer() gives it, without its
+        coroutines and per-call objects: nothing here awaits, so no drain or version swap can
+        come between the lookup and the answer. The front end still marks the call received and
+        answered (call_received, call_answered).
+        Raises ServingError (INTERNAL, counted) when ONNX Runtime or the encoding fails."""
+        mv, batcher, start = request.mv, request.batcher, request.start
         stats = batcher.stats
         self.inflight += 1
         try:
-            result = batcher.run_now(x)
+            result = batcher.run_now(request.x)
             computed = perf_counter_ns()
             answer = encode(InferOutcome(mv, result.logits, 0))
         except Exception as exc:
@@ -356,7 +403,7 @@ class DataPlane:
         finally:
             self.inflight -= 1
         end = perf_counter_ns()
-        stats.succeeded(start, decoded, computed, end, 0, result.infer_ns)
+        stats.succeeded(start, request.decoded, computed, end, 0, result.infer_ns)
         self.metrics.observe_request(mv.name, mv.version_str, "ModelInfer", "OK", (end - start) / 1e9, protocol=protocol)
         return answer
 

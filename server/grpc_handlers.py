@@ -28,16 +28,17 @@ def take_call(plane: DataPlane, context: grpc.aio.ServicerContext) -> None:
 
 
 def rpc(api: str) -> Callable[[Handler], Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]]:
-    """Decorate a servicer method ``(self, request, context, call)``; self.plane is the DataPlane."""
+    """Decorate a servicer method ``(self, request, context, call, *args)`` (args: what its caller
+    passes after the context); self.plane is the DataPlane."""
 
     def decorate(method: Handler):
         @functools.wraps(method)
-        async def handler(self, request, context: grpc.aio.ServicerContext):
+        async def handler(self, request, context: grpc.aio.ServicerContext, *args: Any):
             plane = self.plane
             take_call(plane, context)
             try:
                 with RequestScope(plane, GRPC, api, context.time_remaining) as call:
-                    return await method(self, request, context, call)
+                    return await method(self, request, context, call, *args)
             except ServingError as exc:
                 await context.abort(exc.code, exc.message)
             except asyncio.CancelledError:

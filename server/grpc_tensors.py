@@ -31,7 +31,7 @@ def decode_inputs(request: inference_pb2.ModelInferRequest) -> list[InputTensor]
 
 def single_raw_input(request: inference_pb2.ModelInferRequest) -> tuple[InputTensor, str | None] | None:
     """The request's one raw input and the one output it names (None: none named), when it is
-    the request DataPlane.infer_now answers (no typed contents, no output parameters); else None."""
+    the request DataPlane.simple_request takes (no typed contents, no output parameters); else None."""
     raw, inputs, outputs = request.raw_input_contents, request.inputs, request.outputs
     if len(raw) != 1 or len(inputs) != 1 or len(outputs) > 1:
         return None

@@ -1,7 +1,8 @@
 """The Open Inference Protocol (KServe V2) over gRPC: inference.GRPCInferenceService, a thin
-adapter between its protobuf messages and the data plane. ModelInfer tries the data plane's fast
-path first (DataPlane.infer_now: the common request, answered in one synchronous call, which for
-LeNet-5 is most of the difference to a bare server; docs/benchmarks.md) and falls back to infer()."""
+adapter between its protobuf messages and the data plane. ModelInfer takes the common request
+(one raw input, the logits) through the data plane's simple path (DataPlane.simple_request:
+checked and decoded once, and where it runs at once answered in one synchronous call, which for
+LeNet-5 is most of the difference to a bare server; docs/benchmarks.md) and any other through infer()."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from google.protobuf import json_format
 from edgecnn import __version__
 from edgecnn.protos import inference_pb2, inference_pb2_grpc
 
-from .dataplane import Call, DataPlane
+from .dataplane import Call, DataPlane, SimpleRequest
 from .errors import InvalidArgument, ServingError
 from .grpc_handlers import rpc, take_call
 from .request_scope import GRPC
@@ -60,23 +61,27 @@ class KServeServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         return inference_pb2.ModelConfigResponse(config=self.plane.config(request.name, request.version, call))
 
     async def ModelInfer(self, request, context):
-        """The common request answered at once (DataPlane.infer_now), any other through infer()."""
+        """The common request through the data plane's simple path, any other through infer()."""
         plane = self.plane
         single = single_raw_input(request)
-        if single is not None:
-            tensor, output = single
-            # Taken as rpc() takes a call, once infer_now has answered: nothing awaited since it arrived.
-            try:
-                answer = plane.infer_now(
-                    request.model_name, request.model_version, tensor, output, functools.partial(encode_outcome, request), GRPC
-                )
-            except ServingError as exc:
-                take_call(plane, context)
-                await context.abort(exc.code, exc.message)
-            if answer is not None:
-                take_call(plane, context)
-                return answer
-        return await self._infer(request, context)
+        simple = plane.simple_request(request.model_name, request.model_version, *single) if single is not None else None
+        if simple is None:
+            return await self._infer(request, context)
+        encode = functools.partial(encode_outcome, request)
+        if not simple.runs_now():
+            return await self._infer_simple(request, context, simple, encode)
+        # Taken as rpc() takes a call, once answered: nothing awaited since it arrived.
+        try:
+            answer = plane.answer_now(simple, encode, GRPC)
+        except ServingError as exc:
+            take_call(plane, context)
+            await context.abort(exc.code, exc.message)
+        take_call(plane, context)
+        return answer
+
+    @rpc("ModelInfer")
+    async def _infer_simple(self, request, context, call: Call, simple: SimpleRequest, encode):
+        return await self.plane.infer_simple(simple, call, encode)
 
     @rpc("ModelInfer")
     async def _infer(self, request, context, call: Call):

@@ -20,7 +20,7 @@ from edgecnn.server.registry import ModelRegistry
 from edgecnn.server.request_scope import GRPC, RequestScope
 from edgecnn.server.settings import Settings
 from edgecnn.server.statistics import VersionStatistics
-from edgecnn.server.tensor_checks import InputTensor, RequestedOutput
+from edgecnn.server.tensor_checks import InferOutcome, InputTensor, RequestedOutput
 from tests.onnx_models import FASHION_CLASSES, png_bytes, reference_logits, sample_images
 
 
@@ -118,20 +118,49 @@ def _numbers(plane: DataPlane, name: str, version: str) -> dict:
     }
 
 
-async def _infer_both_ways(plane: DataPlane, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    fast = plane.infer_now("lenet5", "1", tensor(x), None, lambda outcome: outcome.logits, "grpc")
+def _logits(outcome: InferOutcome) -> np.ndarray:
+    return outcome.logits
+
+
+def now(plane: DataPlane, name: str, version: str, tensor: InputTensor, output: str | None = None):
+    """What ModelInfer's answer at once gives (None where it leaves the request to infer())."""
+    simple = plane.simple_request(name, version, tensor, output)
+    return None if simple is None or not simple.runs_now() else plane.answer_now(simple, _logits, "grpc")
+
+
+async def _infer_both_ways(plane: DataPlane, x: np.ndarray, simple_path) -> tuple[np.ndarray, np.ndarray]:
+    fast = await simple_path(plane, x)
     with RequestScope(plane, GRPC, "ModelInfer") as call:
         general = await plane.infer("lenet5", "1", [tensor(x)], [], call)
     return fast, general.logits
 
 
-def test_infer_now_answers_and_counts_as_infer_does(plane, repository, samples):
-    """The fast path (one raw input, the logits) gives infer()'s answer and adds to the same
-    statistics and metrics, a non-finite input included."""
+async def _answered_now(plane: DataPlane, x: np.ndarray) -> np.ndarray:
+    simple = plane.simple_request("lenet5", "1", tensor(x), None)
+    assert simple.runs_now()
+    return plane.answer_now(simple, _logits, "grpc")
+
+
+async def _through_the_batcher(plane: DataPlane, x: np.ndarray) -> np.ndarray:
+    """As ModelInfer takes a simple request that waits for a worker thread: in a RequestScope."""
+    simple = plane.simple_request("lenet5", "1", tensor(x), None)
+    assert not simple.runs_now()
+    with RequestScope(plane, GRPC, "ModelInfer") as call:
+        return await plane.infer_simple(simple, call, _logits)
+
+
+@pytest.mark.parametrize("simple_path", [_answered_now, _through_the_batcher], ids=["at once", "through the batcher"])
+def test_simple_requests_answer_and_count_as_infer_does(plane, repository, samples, monkeypatch, simple_path):
+    """The simple path (one raw input, the logits), answered at once or through the batcher,
+    gives infer()'s answer and adds to the same statistics and metrics, a non-finite input included."""
+    if simple_path is _through_the_batcher:
+        batcher = plane.batcher("lenet5", 1)
+        monkeypatch.setattr(batcher, "inline_max_s", 0.0)
+        monkeypatch.setattr(batcher, "inline_idle_max_s", 0.0)
     x = samples["x"][:2].copy()
     x[1, 0, 0, 0] = np.inf
     before = _numbers(plane, "lenet5", "1")
-    fast, general = asyncio.run(_infer_both_ways(plane, x))
+    fast, general = asyncio.run(_infer_both_ways(plane, x, simple_path))
     assert fast is not None
     np.testing.assert_array_equal(fast, general)
     np.testing.assert_allclose(fast[:1], reference_logits(repository["v1"], x[:1]), rtol=1e-5, atol=1e-6)
@@ -144,32 +173,34 @@ def test_infer_now_answers_and_counts_as_infer_does(plane, repository, samples):
     }  # fmt: skip
 
 
-def test_infer_now_leaves_every_other_request_to_infer(plane, samples, monkeypatch):
+def test_simple_request_leaves_every_other_request_to_infer(plane, samples, monkeypatch):
     """None (infer() takes it, with its error messages): a model or version not served, another
     input name or shape, typed values, a batch over the limit, an output of another name, while
-    draining, a request that would wait for a worker thread, a refused non-finite input."""
+    draining, a refused non-finite input. A request for the worker threads is simple but does
+    not run at once."""
     x = samples["x"][:1]
-    now = plane.infer_now
-    assert now("nope", "", tensor(x), None, repr, "grpc") is None
-    assert now("lenet5", "7", tensor(x), None, repr, "grpc") is None
-    assert now("lenet5", "1", tensor(x)._replace(name="image"), None, repr, "grpc") is None
-    assert now("lenet5", "1", tensor(samples["x"][:1, :, :14]), None, repr, "grpc") is None
-    assert now("lenet5", "1", InputTensor("input", "FP32", x.shape, values=x.ravel().tolist()), None, repr, "grpc") is None
-    assert now("lenet5", "1", tensor(samples["x"][:9]), None, repr, "grpc") is None  # max batch 8
-    assert now("lenet5", "1", tensor(x), "probs", repr, "grpc") is None
-    assert now("lenet5", "1", tensor(x), "logits", repr, "grpc") is not None
+    simple = plane.simple_request
+    assert simple("nope", "", tensor(x), None) is None
+    assert simple("lenet5", "7", tensor(x), None) is None
+    assert simple("lenet5", "1", tensor(x)._replace(name="image"), None) is None
+    assert simple("lenet5", "1", tensor(samples["x"][:1, :, :14]), None) is None
+    assert simple("lenet5", "1", InputTensor("input", "FP32", x.shape, values=x.ravel().tolist()), None) is None
+    assert simple("lenet5", "1", tensor(samples["x"][:9]), None) is None  # max batch 8
+    assert simple("lenet5", "1", tensor(x), "probs") is None
+    assert now(plane, "lenet5", "1", tensor(x), "logits") is not None
     batcher = plane.batcher("lenet5", 1)
     monkeypatch.setattr(batcher, "inline_max_s", 0.0)
     monkeypatch.setattr(batcher, "inline_idle_max_s", 0.0)
-    assert now("lenet5", "1", tensor(x), None, repr, "grpc") is None, "a call for the worker threads"
+    queued = simple("lenet5", "1", tensor(x), None)
+    assert queued is not None and not queued.runs_now(), "a call for the worker threads"
     monkeypatch.undo()
     monkeypatch.setattr(plane, "reject_nonfinite", True)
-    assert now("lenet5", "1", tensor(np.full_like(x, np.nan)), None, repr, "grpc") is None
+    assert simple("lenet5", "1", tensor(np.full_like(x, np.nan)), None) is None
     monkeypatch.setattr(plane, "_draining_since", 0.0)
-    assert now("lenet5", "1", tensor(x), None, repr, "grpc") is None
+    assert simple("lenet5", "1", tensor(x), None) is None
 
 
-def test_infer_now_counts_an_onnx_runtime_failure_as_internal(plane, samples, monkeypatch):
+def test_answer_now_counts_an_onnx_runtime_failure_as_internal(plane, samples, monkeypatch):
     batcher = plane.batcher("lenet5", 2)
 
     def broken(x: np.ndarray) -> np.ndarray:
@@ -181,7 +212,7 @@ def test_infer_now_counts_an_onnx_runtime_failure_as_internal(plane, samples, mo
     internal = {"model": "lenet5", "version": "2", "api": "ModelInfer", "code": "INTERNAL", "protocol": "grpc"}
     counted = read("edgecnn_requests_total", internal) or 0
     with pytest.raises(ServingError) as info:
-        plane.infer_now("lenet5", "2", tensor(samples["x"][:1]), None, repr, "grpc")
+        now(plane, "lenet5", "2", tensor(samples["x"][:1]))
     assert info.value.code.name == "INTERNAL" and info.value.message == "internal error in ModelInfer: RuntimeError: ORT broke"
     assert plane.statistics("lenet5", "2")[0]["inference_stats"]["fail"]["count"] == failed + 1
     assert read("edgecnn_requests_total", internal) == counted + 1

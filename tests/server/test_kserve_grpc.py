@@ -143,10 +143,10 @@ def test_infer_errors_name_what_was_expected(infer_stub, samples):
         assert infer_stub.ModelInfer(infer_request("lenet5", x), timeout=TIMEOUT).outputs, f"not serving after {label}"
 
 
-@pytest.mark.parametrize("path", ["answered at once", "through the batcher"])
+@pytest.mark.parametrize("path", ["answered at once", "simple, through the batcher", "through infer()"])
 def test_an_onnx_runtime_failure_is_internal_with_its_message(server, infer_stub, samples, monkeypatch, path):
-    """Both ModelInfer paths (DataPlane.infer_now and infer) answer INTERNAL, and the call is
-    marked answered (the drain waits for nothing)."""
+    """Every ModelInfer path (DataPlane.answer_now, infer_simple and infer) answers INTERNAL,
+    and the call is marked answered (the drain waits for nothing)."""
     plane = server.server.plane
     batcher = plane.batcher("lenet5", 1)
 
@@ -154,11 +154,14 @@ def test_an_onnx_runtime_failure_is_internal_with_its_message(server, infer_stub
         raise RuntimeError("ORT broke")
 
     monkeypatch.setattr(batcher.mv, "run", broken)
-    if path == "through the batcher":  # typed contents take infer()
+    if path == "through infer()":  # typed contents take infer()
         request = inference_pb2.ModelInferRequest(model_name="lenet5", model_version="1")
         request.inputs.add(name="input", datatype="FP32", shape=[1, 1, 28, 28]).contents.fp32_contents.extend(samples["x"][0].ravel())
     else:
         request = infer_request("lenet5", samples["x"][:1], version="1")
+    if path == "simple, through the batcher":  # a worker thread runs it
+        monkeypatch.setattr(batcher, "inline_max_s", 0.0)
+        monkeypatch.setattr(batcher, "inline_idle_max_s", 0.0)
     with pytest.raises(grpc.RpcError) as info:
         infer_stub.ModelInfer(request, timeout=TIMEOUT)
     assert info.value.code() == grpc.StatusCode.INTERNAL
