@@ -28,6 +28,7 @@ from edgecnn import repository as repo
 
 from . import classifier_grpc, kserve_grpc
 from .auth import TokenAuthInterceptor
+from .compute_threads import ComputeThreads
 from .cpus import usable_cpus
 from .dataplane import DataPlane
 from .device import providers_for
@@ -95,7 +96,8 @@ class InferenceServer:
         self._http: HttpFrontEnd | None = None
         # ONNX Runtime calls that can run at once; each batcher keeps up to this many batches in flight.
         self._workers = max(2, settings.cpus or usable_cpus())
-        self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="edgecnn-ort")
+        self._compute = ComputeThreads(self._workers)
+        self._repository_reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgecnn-repository")
         self._server: grpc.aio.Server | None = None
         self._health: Health | None = None
         self.manager: RepositoryManager | None = None
@@ -133,9 +135,9 @@ class InferenceServer:
                 self.metrics_port = self.metrics.serve_http(s.host, s.metrics_port)
             except OSError as exc:
                 raise StartupError(f"cannot serve metrics on {s.host}:{s.metrics_port}: {exc}") from None
-        self.plane.attach(self._executor)
+        self.plane.attach(self._compute)
         self.manager = RepositoryManager(
-            self.plane, s.repository, ModelLoader(s, providers, self._workers), self._executor, self.metrics,
+            self.plane, s.repository, ModelLoader(s, providers, self._workers), self._repository_reads, self.metrics,
             mode=s.model_control_mode, startup_models=s.load_models, exit_on_error=s.exit_on_error,
             strict_readiness=s.strict_readiness, on_change=self._model_changed,
         )  # fmt: skip
@@ -239,7 +241,8 @@ class InferenceServer:
             await self._server.stop(grace)
             self._server = None
         self.metrics.stop_http()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._compute.shutdown()
+        self._repository_reads.shutdown(wait=False, cancel_futures=True)
 
 
 async def serve_until_signal(settings: Settings, on_ready: Callable[[InferenceServer], None] | None = None) -> NoReturn:

@@ -2,7 +2,7 @@
 
 Queued requests run as batches: concatenated, one ONNX Runtime call, logits scattered back in
 order; a request is never split across batches. `slots` is the number of ONNX Runtime calls
-that can compute at once (the executor's workers; one on a GPU with batching on:
+that can compute at once (the worker threads, compute_threads.py; one on a GPU with batching on:
 serving_config.py); twice
 as many batches may be in flight, so that a worker finishing a batch finds the next one already
 queued instead of idling until the event loop gets round to forming it.
@@ -31,12 +31,12 @@ import collections
 import functools
 import logging
 from collections.abc import Callable
-from concurrent.futures import Executor
 from time import monotonic, perf_counter, perf_counter_ns
 from typing import NamedTuple
 
 import numpy as np
 
+from .compute_threads import ComputeThreads
 from .errors import QueueFull, Unavailable
 from .inline import inline_rows, runs_inline
 from .metrics import ModelMetrics
@@ -69,12 +69,12 @@ class Batcher:
     the event loop, and so do all writes to `stats` (the worker threads only measure: statistics.py)."""
 
     def __init__(
-        self, mv: ModelVersion, executor: Executor, metrics: ModelMetrics, calls_open: Callable[[], int] = lambda: 1
+        self, mv: ModelVersion, threads: ComputeThreads, metrics: ModelMetrics, calls_open: Callable[[], int] = lambda: 1
     ) -> None:
         """calls_open: how many calls the server has open now (inline.py's idle budget applies at 1)."""
         serving = mv.serving
         self.mv = mv
-        self._executor = executor
+        self._threads = threads
         self._metrics = metrics
         self.stats = VersionStatistics()  # Triton's ModelStatistics of this version
         self._max_queue = serving.max_queue
@@ -89,7 +89,7 @@ class Batcher:
         self._pending_rows = 0
         self._running = 0  # batches on or queued for worker threads
         self._scheduled = False  # a dispatch is queued on the loop (gathers same-tick arrivals)
-        # The off path's calls handed to the executor, queued or running (its queue bound counts them).
+        # The off path's calls handed to the worker threads, queued or running (its queue bound counts them).
         self._direct: set[asyncio.Future] = set()
         self._stopped = False  # the grace is over: calls cut short answer UNAVAILABLE
         self._queue_full = (
@@ -171,7 +171,7 @@ class Batcher:
     async def _infer_direct(self, x: np.ndarray) -> Computed:
         if len(self._direct) >= self._max_queue:
             raise QueueFull(self._queue_full)
-        call = asyncio.get_running_loop().run_in_executor(self._executor, self._timed_run, x, perf_counter())
+        call = self._threads.submit(self._timed_run, x, perf_counter())
         self._direct.add(call)
         try:
             out, waited, took = await call
@@ -257,8 +257,8 @@ class Batcher:
                 self._deliver(batch, out, took)
             return True
         try:
-            done = asyncio.get_running_loop().run_in_executor(self._executor, self._timed_compute, x)
-        except RuntimeError as exc:  # the executor is shut down
+            done = self._threads.submit(self._timed_compute, x)
+        except RuntimeError as exc:  # the worker threads are shut down
             self._fail(batch, Unavailable(f"model {self.mv.name!r} is shutting down: {exc}"))
             return False
         self._running += 1

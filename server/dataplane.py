@@ -9,7 +9,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -20,6 +19,7 @@ from edgecnn import repository as repo
 from edgecnn.protos import model_config_pb2
 
 from .batching import Batcher, Computed
+from .compute_threads import ComputeThreads
 from .errors import InvalidArgument, NotFound, Unavailable, internal_error
 from .images import ImageInput, has_encoded, images_to_batch, softmax
 from .metrics import Metrics
@@ -123,7 +123,7 @@ class DataPlane:
         self._registry = ModelRegistry([])
         self._batchers: dict[tuple[str, int], Batcher] = {}
         self._retiring: list[Batcher] = []  # versions no longer looked up, finishing their requests
-        self._executor: Executor | None = None
+        self._threads: ComputeThreads | None = None
         # Requests in flight by the model they looked up and its epoch then (a model's epoch
         # advances at every swap of its versions): a version that left in epoch E is freed once
         # no request of its model from an epoch <= E is in flight.
@@ -140,16 +140,16 @@ class DataPlane:
 
     # --- lifecycle (the server app) ---
 
-    def serve(self, registry: ModelRegistry, executor: Executor) -> None:
+    def serve(self, registry: ModelRegistry, threads: ComputeThreads) -> None:
         """Take the loaded models, give each version its batcher, and turn ready."""
-        self.attach(executor)
+        self.attach(threads)
         for name in {mv.name for mv in registry.all()}:
             self.set_model(name, registry.versions_of(name))
         self.mark_ready()
 
-    def attach(self, executor: Executor) -> None:
-        """The executor the batchers hand ONNX Runtime calls to."""
-        self._executor = executor
+    def attach(self, threads: ComputeThreads) -> None:
+        """The worker threads the batchers hand ONNX Runtime calls to."""
+        self._threads = threads
 
     def mark_ready(self) -> None:
         self._ready = True
@@ -159,7 +159,7 @@ class DataPlane:
         """Serve exactly these versions of the model from the next request on (none: unload
         it). Versions kept keep their batcher; each one that leaves retires: its queued and
         running requests finish on it. Returns (version, future done once it is drained)."""
-        assert self._executor is not None, "attach() first"
+        assert self._threads is not None, "attach() first"
         leaving = [mv for mv in self._registry.versions_of(name) if all(mv is not other for other in versions)]
         for mv in versions:
             key = (mv.name, mv.version)
@@ -167,7 +167,7 @@ class DataPlane:
             if current is None or current.mv is not mv:
                 if current is not None:
                     self._retiring.append(current)
-                self._batchers[key] = Batcher(mv, self._executor, self.metrics.add_model(mv), self.calls_open)
+                self._batchers[key] = Batcher(mv, self._threads, self.metrics.add_model(mv), self.calls_open)
         for mv in leaving:
             key = (mv.name, mv.version)
             if key in self._batchers and self._batchers[key].mv is mv:

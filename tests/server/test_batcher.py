@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from edgecnn.server.batching import Batcher
+from edgecnn.server.compute_threads import ComputeThreads
 from edgecnn.server.errors import QueueFull, Unavailable
 from edgecnn.server.serving_config import ModelServing
 
@@ -76,14 +76,15 @@ def rows(n: int, value: float) -> np.ndarray:
 
 
 @pytest.fixture
-def executor():
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="worker") as pool:
-        yield pool
+def threads():
+    pool = ComputeThreads(2, name="worker")
+    yield pool
+    pool.shutdown(wait=True)  # no call of this test still computing in the next one
 
 
-def make(model: SlowModel, executor) -> tuple[Batcher, FakeMetrics]:
+def make(model: SlowModel, threads: ComputeThreads) -> tuple[Batcher, FakeMetrics]:
     metrics = FakeMetrics()
-    return Batcher(model, executor, metrics), metrics  # type: ignore[arg-type]
+    return Batcher(model, threads, metrics), metrics  # type: ignore[arg-type]
 
 
 async def take_both_places(batcher: Batcher) -> list[asyncio.Future]:
@@ -102,11 +103,11 @@ async def wait_for(condition, what: str) -> None:
         await asyncio.sleep(0.001)
 
 
-def test_requests_of_one_tick_share_the_free_places_and_get_their_own_rows(executor):
+def test_requests_of_one_tick_share_the_free_places_and_get_their_own_rows(threads):
     model = SlowModel(serving(compute_slots=1))  # two batches in flight
 
     async def main():
-        batcher, metrics = make(model, executor)
+        batcher, metrics = make(model, threads)
         outs = await asyncio.gather(*(batcher.infer(rows(1 + i % 2, i)) for i in range(10)))
         return outs, metrics
 
@@ -118,12 +119,12 @@ def test_requests_of_one_tick_share_the_free_places_and_get_their_own_rows(execu
     assert sum(metrics.batch_size.values) == 15 and metrics.queue_depth.level == 0
 
 
-def test_requests_arriving_while_every_place_is_taken_merge_into_the_next_batches(executor):
+def test_requests_arriving_while_every_place_is_taken_merge_into_the_next_batches(threads):
     model = SlowModel(serving(compute_slots=1))
     model.gate = threading.Event()
 
     async def main():
-        batcher, _ = make(model, executor)
+        batcher, _ = make(model, threads)
         first = [asyncio.ensure_future(batcher.infer(rows(1, 0))) for _ in range(2)]
         await wait_for(lambda: batcher._running == 2, "both places taken")
         later = [asyncio.ensure_future(batcher.infer(rows(1, 1))) for _ in range(12)]
@@ -138,11 +139,11 @@ def test_requests_arriving_while_every_place_is_taken_merge_into_the_next_batche
     assert sizes[:2] == [1, 1] and sum(sizes) == 14 and len(sizes) <= 4, sizes
 
 
-def test_lone_request_runs_inline_on_the_loop_within_the_budget(executor):
+def test_lone_request_runs_inline_on_the_loop_within_the_budget(threads):
     model = SlowModel(serving(inline_max_s=1e-3), batch1_s=1e-4)
 
     async def main():
-        batcher, metrics = make(model, executor)
+        batcher, metrics = make(model, threads)
         await batcher.infer(rows(1, 1))  # 1e-4 s estimated: inline
         await batcher.infer(rows(20, 1))  # 2e-3 s estimated: over the budget, a worker thread
         return metrics
@@ -153,7 +154,7 @@ def test_lone_request_runs_inline_on_the_loop_within_the_budget(executor):
     assert metrics.queue_wait.values[0] == 0.0
 
 
-def test_queued_inline_batches_yield_to_the_event_loop_between_them(executor):
+def test_queued_inline_batches_yield_to_the_event_loop_between_them(threads):
     """After a worker-thread batch, hundreds of queued requests run inline in batches that fit
     the budget, one per loop callback: other work (health checks, socket reads) runs between."""
     model = SlowModel(serving(inline_max_s=1e-3), seconds_per_row=2e-4, batch1_s=2e-4)
@@ -161,7 +162,7 @@ def test_queued_inline_batches_yield_to_the_event_loop_between_them(executor):
     events: list[str] = []
 
     async def main():
-        batcher, _ = make(model, executor)
+        batcher, _ = make(model, threads)
         real_compute = batcher._timed_compute
 
         def recorded(x):
@@ -192,12 +193,12 @@ def test_queued_inline_batches_yield_to_the_event_loop_between_them(executor):
     assert back_to_back == 0, f"{back_to_back} inline batches ran without yielding to the loop"
 
 
-def test_a_cancelled_request_leaves_the_queue_and_frees_its_place(executor):
+def test_a_cancelled_request_leaves_the_queue_and_frees_its_place(threads):
     model = SlowModel(serving(compute_slots=1, max_queue=1))
     model.gate = threading.Event()
 
     async def main():
-        batcher, metrics = make(model, executor)
+        batcher, metrics = make(model, threads)
         held = await take_both_places(batcher)
         waiting = asyncio.ensure_future(batcher.infer(rows(1, 1)))
         await asyncio.sleep(0.01)
@@ -218,12 +219,12 @@ def test_a_cancelled_request_leaves_the_queue_and_frees_its_place(executor):
     assert sum(n for n, _ in model.calls) == 3  # the cancelled request never ran
 
 
-def test_batching_off_runs_each_request_alone_and_bounds_the_calls_waiting(executor):
+def test_batching_off_runs_each_request_alone_and_bounds_the_calls_waiting(threads):
     model = SlowModel(serving(max_queue_delay_us=0, compute_slots=2, max_queue=3))
     model.gate = threading.Event()
 
     async def main():
-        batcher, _ = make(model, executor)
+        batcher, _ = make(model, threads)
         calls = [asyncio.ensure_future(batcher.infer(rows(1, i))) for i in range(3)]
         await asyncio.sleep(0.01)
         with pytest.raises(QueueFull):
@@ -235,12 +236,12 @@ def test_batching_off_runs_each_request_alone_and_bounds_the_calls_waiting(execu
     assert [n for n, _ in model.calls] == [1, 1, 1] and [o.logits[0, 0] for o in outs] == [0.0, 4.0, 8.0]
 
 
-def test_stop_fails_what_is_still_queued_at_the_deadline_with_unavailable(executor):
+def test_stop_fails_what_is_still_queued_at_the_deadline_with_unavailable(threads):
     model = SlowModel(serving(compute_slots=1))
     model.gate = threading.Event()
 
     async def main():
-        batcher, _ = make(model, executor)
+        batcher, _ = make(model, threads)
         held = [asyncio.ensure_future(batcher.infer(rows(1, 0))) for _ in range(2)]
         await wait_for(lambda: batcher._running == 2, "both places taken")
         queued = asyncio.ensure_future(batcher.infer(rows(1, 1)))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from edgecnn import repository as repo
 from edgecnn.server import dataplane
+from edgecnn.server.compute_threads import ComputeThreads
 from edgecnn.server.dataplane import DRAINING, LOADING, Call, DataPlane
 from edgecnn.server.device import CPU
 from edgecnn.server.errors import InvalidArgument, NotFound, ServingError, Unavailable
@@ -36,17 +36,17 @@ def tensor(x: np.ndarray) -> InputTensor:
 
 @pytest.fixture(scope="module")
 def plane(repository):
-    executor = ThreadPoolExecutor(2)
+    threads = ComputeThreads(2)
     plane = DataPlane(Metrics())
     assert plane.refusal() == LOADING and not plane.ready()
     registry = loaded(repository["dir"])
-    asyncio.run(_serve(plane, registry, executor))
+    asyncio.run(_serve(plane, registry, threads))
     yield plane
-    executor.shutdown()
+    threads.shutdown()
 
 
-async def _serve(plane: DataPlane, registry: ModelRegistry, executor) -> None:
-    plane.serve(registry, executor)  # set_model schedules on the running loop
+async def _serve(plane: DataPlane, registry: ModelRegistry, threads: ComputeThreads) -> None:
+    plane.serve(registry, threads)  # set_model schedules on the running loop
 
 
 def test_readiness_and_metadata(plane):
@@ -92,11 +92,14 @@ def test_errors_name_what_was_expected(plane, samples):
 
 def test_drain_refuses_with_the_retry_message(repository):
     plane = DataPlane(Metrics())
-    with ThreadPoolExecutor(1) as executor:
-        asyncio.run(_serve(plane, loaded(repository["dir"], workers=1), executor))
+    threads = ComputeThreads(1)
+    try:
+        asyncio.run(_serve(plane, loaded(repository["dir"], workers=1), threads))
         plane.start_drain()
         assert plane.refusal() == DRAINING and not plane.ready() and not plane.model_ready("lenet5")
         assert {e.state for e in plane.repository_index()} == {"UNAVAILABLE"} and plane.repository_index(ready_only=True) == []
+    finally:
+        threads.shutdown()
     with pytest.raises(Unavailable, match="loading"):
         fresh = DataPlane(Metrics())  # a version it does not serve (yet) has no batcher
         dataplane._computed(fresh._served_by(plane.model_info("lenet5").model)[0], np.zeros((1, 1, 28, 28), np.float32))

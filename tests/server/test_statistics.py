@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 import tritonclient.grpc as tritonclient_grpc
 from edgecnn.protos import classifier_pb2, inference_pb2
 from edgecnn.server.batching import Batcher
+from edgecnn.server.compute_threads import ComputeThreads
 from edgecnn.server.statistics import VersionStatistics
 
 from tests.server.grpc_helpers import TIMEOUT, held_server, infer_request, wait_until
@@ -110,14 +110,15 @@ def test_worker_thread_batches_are_added_on_the_event_loop():
             written_on.add(threading.current_thread().name)
             super().executed(*args, **kwargs)
 
-    async def main(executor):
-        batcher = Batcher(model, executor, FakeMetrics())  # type: ignore[arg-type]
+    async def main(threads):
+        batcher = Batcher(model, threads, FakeMetrics())  # type: ignore[arg-type]
         batcher.stats = Watched()
         await asyncio.gather(*(batcher.infer(rows(1 + i % 3, i)) for i in range(30)))
         return batcher.stats
 
-    with ThreadPoolExecutor(2, thread_name_prefix="worker") as executor:
-        stats = asyncio.run(main(executor))
+    threads = ComputeThreads(2, name="worker")
+    stats = asyncio.run(main(threads))
+    threads.shutdown(wait=True)
     assert written_on == {"MainThread"}
     assert all(name.startswith("worker") for _, name in model.calls)
     assert stats.inference_count == sum(1 + i % 3 for i in range(30)) == sum(n for n, _ in model.calls)
