@@ -294,8 +294,9 @@ def write_markdown(results: dict, path: Path, plot_name: str | None) -> None:
         "- Every server runs as its own process on 127.0.0.1, loads only the model under test, runs on the same "
         f"event loop ({s.get('event_loop', 'asyncio')}: edgecnn serve's and the floor's `--event-loop auto`) and uses the same "
         f"ONNX Runtime settings: CPU provider, ORT_ENABLE_ALL, {s['threads']} intra-op thread(s), 1 inter-op thread; "
-        "the floor server runs ONNX Runtime on an executor thread pool, as edgecnn does for batches over its "
-        "inline budget, or (floor-inline) batch-1 calls of small models on the event loop. Legs marked "
+        "the floor server runs ONNX Runtime on an executor thread pool (loop.run_in_executor; edgecnn hands "
+        "batches over its inline budget to as many worker threads of its own, server/compute_threads.py), "
+        "or (floor-inline) batch-1 calls of small models on the event loop. Legs marked "
         f"`{CUDA_SUFFIX}` use the CUDA provider instead (run only where a GPU is usable: devices here "
         f"{', '.join(s['devices'])}).",
         "- (a) **onnxruntime**: the session called in-process, batch 1 back-to-back (one caller, then "
