@@ -1,9 +1,10 @@
-"""When a batch runs on the event loop thread instead of an executor (worker) thread.
+"""When a batch runs on the event loop thread instead of a worker thread (compute_threads.py).
 
-Handing an ONNX Runtime call to a worker thread costs a round trip through the executor (100-200
-us on a small VM) and, worse, makes the worker and the event loop take turns at the GIL: on the
-2-core machine of docs/benchmarks.md the CIFAR CNN (about 0.3 ms a call) served about 12% more
-requests per second inline than on workers (at concurrency 16). A batch runs inline when its
+Handing an ONNX Runtime call to a worker thread costs a round trip between the threads (100-200
+us on a small VM through the executor that compute_threads.py replaced; less now) and, worse,
+makes the worker and the event loop take turns at the GIL: on the 2-core machine of
+docs/benchmarks.md the CIFAR CNN (about 0.3 ms a call) served about 12% more requests per second
+inline than on workers (at concurrency 16). A batch runs inline when its
 estimated time (rows x the model's warm batch-1 time, measured at load) is within the budget
 (`--inline-max-us`) and no batch of the model is on a worker thread (so results stay in order of
 arrival and a slow batch is never overtaken by the loop). Inline calls block the loop, which
