@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test test-gpu results bench bench-deps bench-gpu protos clean image image-test
+.PHONY: setup data demo test test-gpu results bench bench-deps bench-gpu bench-workers protos clean image image-test
 
 setup: $(STAMP)
 
@@ -59,6 +59,12 @@ test-gpu: setup data
 
 bench-gpu: setup data bench-deps
 	$(BIN)/python scripts/bench.py --devices cuda --out docs/benchmarks-gpu.md
+
+# On a machine of 16 or more CPUs (issue 15's 4x goal): LeNet-5 under `edgecnn serve --workers 8`
+# against --workers 1 on the CPU provider, with client processes enough to load 8 workers.
+bench-workers: setup data bench-deps
+	$(BIN)/python scripts/bench.py --devices cpu --models lenet5 --http-models '' --workers-count 8 --processes 6 \
+		--out docs/benchmarks-workers8.md
 
 protos: setup
 	$(BIN)/python scripts/gen_protos.py

@@ -33,12 +33,12 @@ HTTP_TARGETS = {
 }
 GRPC_OF_HTTP = "batching-off"  # the HTTP targets' process, over gRPC
 HTTP_SHARE = 0.8  # HTTP binary's req/s at c=64 >= this share of gRPC's
-# Issue 15: `edgecnn serve --workers N` (batching off), over several client connections.
-WORKERS = {
-    "workers-1": "edgecnn serve --workers 1, batching off",
-    "workers-2": "edgecnn serve --workers 2 (two processes on one port, SO_REUSEPORT), batching off",
-}
-WORKERS_OVER_ONE, WORKERS_OVER_FLOOR = 1.3, 1.2  # --workers 2 against --workers 1 and the faster floor, at c=64
+# Issue 15: `edgecnn serve --workers 1` and `--workers N` (batching off), over several client connections.
+WORKERS_PREFIX = "workers-"  # the kinds' names: workers-1, workers-N
+WORKERS_COUNT = 2  # N where a results file does not say (those before --workers-count)
+# Per N, --workers N's req/s at c=64 against --workers 1's and the faster floor's (None: no goal):
+# the issue's 2-core machine (client on the same cores) and 16-CPU machine.
+WORKERS_GOALS: dict[int, tuple[float, float | None]] = {2: (1.3, 1.2), 8: (4.0, None)}
 WORKERS_JUDGED_MODES = ("sync",)  # perf_analyzer's modes with >= 4 connections at c=64 (sync: 11; --async: 3)
 # One client connection reaches one worker: at c=1 perf_analyzer calls over one connection, and
 # --workers 2 should give it what --workers 1 does (within the noise of these runs).
@@ -53,6 +53,18 @@ TOP_CONCURRENCY, BOTTOM_CONCURRENCY = 64, 1  # where the issue's throughput and 
 RESULTS_KEYS = ("created", "machine", "settings", "notes", "models", "onnxruntime", "servers", "wall_s")
 SETTINGS_KEYS = ("quick", "duration", "warmup", "concurrency", "threads", "processes", "batch_delay_us", "callers", "rounds",
                  "slices", "devices")  # fmt: skip
+
+
+def workers_kinds(count: int) -> dict[str, str]:
+    """The workers servers of a run (`edgecnn serve --workers 1` and `--workers count`) and what each is."""
+    return {
+        f"{WORKERS_PREFIX}1": "edgecnn serve --workers 1, batching off",
+        f"{WORKERS_PREFIX}{count}": f"edgecnn serve --workers {count} ({count} processes on one port, SO_REUSEPORT), batching off",
+    }
+
+
+def _workers_count(workers: dict) -> int:
+    return int(workers.get("count", WORKERS_COUNT))
 
 
 def by_concurrency(report: dict) -> dict[int, dict]:
@@ -188,44 +200,48 @@ def _http_targets(model: str, device: str, servers: dict, pa_servers: dict, http
 
 
 def _workers_targets(model: str, device: str, servers: dict, pa_servers: dict, workers: dict | None) -> list[tuple[str, str, bool]]:
-    """Issue 15: at c=64 over several connections, --workers 2 >= WORKERS_OVER_ONE x --workers 1
-    and >= WORKERS_OVER_FLOOR x the faster floor (the one with more req/s there), per client with
-    enough connections (the load tester; perf_analyzer sync); and perf_analyzer's one connection
-    at c=1 gets >= WORKERS_ONE_CONNECTION_SHARE of --workers 1's req/s."""
+    """Issue 15: at c=64 over several connections, --workers N against --workers 1 and the faster
+    floor (the one with more req/s there) as WORKERS_GOALS sets for N, per client with enough
+    connections (the load tester; perf_analyzer sync); and perf_analyzer's one connection at c=1
+    gets >= WORKERS_ONE_CONNECTION_SHARE of --workers 1's req/s."""
     if not workers or model not in workers.get("models", []) or device != "cpu":
         return []
-    top = TOP_CONCURRENCY
-    goals = (f"{model} [{{client}}]: --workers 2 >= {WORKERS_OVER_ONE:g}x --workers 1's req/s at c={top}{{over}}",
-             f"{model} [{{client}}]: --workers 2 >= {WORKERS_OVER_FLOOR:g}x the faster floor's req/s at c={top}{{over}}")  # fmt: skip
+    top, n = TOP_CONCURRENCY, _workers_count(workers)
+    many = f"workers-{n}"
+    over_one, over_floor = WORKERS_GOALS.get(n, (None, None))
+    goals = [(f"{model} [{{client}}]: --workers {n} >= {share:g}x {label}'s req/s at c={top}{{over}}", base, share)
+             for share, label, base in ((over_one, "--workers 1", "workers-1"), (over_floor, "the faster floor", None))
+             if share is not None]  # fmt: skip
     if workers.get("missing"):
-        return [(goal.format(client=LOADTEST, over=""), f"not measured ({workers['missing']})", False) for goal in goals]
+        return [(goal.format(client=LOADTEST, over=""), f"not measured ({workers['missing']})", False) for goal, _, _ in goals]
     rows = []
-    for client, reports in _clients(servers, pa_servers, "workers-2", WORKERS_JUDGED_MODES):
+    for client, reports in _clients(servers, pa_servers, many, WORKERS_JUDGED_MODES):
         over = f" ({workers['connections']} client connections)" if client == LOADTEST else ""
-        two, one = (_req_per_s_at(reports.get(k), top) for k in ("workers-2", "workers-1"))
+        mine = _req_per_s_at(reports.get(many), top)
         floors = {k: v for k in FLOORS if (v := _req_per_s_at(reports.get(k), top))}
         fastest = max(floors, key=floors.get) if floors else None
-        for goal, base, label, share in ((goals[0], one, "workers-1", WORKERS_OVER_ONE),
-                                          (goals[1], floors.get(fastest), fastest, WORKERS_OVER_FLOOR)):  # fmt: skip
+        for goal, base_kind, share in goals:
             goal = goal.format(client=client, over=over)
-            if two is None or base is None:
+            label = base_kind or fastest
+            base = _req_per_s_at(reports.get(base_kind), top) if base_kind else floors.get(fastest)
+            if mine is None or base is None:
                 rows.append((goal, f"not measured (no c={top} figures)", False))
                 continue
-            ratio = _ratio(two, base)
-            rows.append((goal, f"{two:.0f} vs {base:.0f} req/s ({label}) = {_times(ratio)}", ratio is not None and ratio >= share))
+            ratio = _ratio(mine, base)
+            rows.append((goal, f"{mine:.0f} vs {base:.0f} req/s ({label}) = {_times(ratio)}", ratio is not None and ratio >= share))
     c = WORKERS_ONE_CONNECTION
     if c not in workers.get("concurrency", []):
         return rows
-    for client, reports in _clients(servers, pa_servers, "workers-2"):
+    for client, reports in _clients(servers, pa_servers, many):
         if client == LOADTEST:  # it spreads even one caller's requests over its connections
             continue
-        goal = f"{model} [{client}]: one client connection (c={c}) to --workers 2 gets >= {WORKERS_ONE_CONNECTION_SHARE:.0%} of --workers 1's req/s"
-        two, one = (_req_per_s_at(reports.get(k), c) for k in ("workers-2", "workers-1"))
-        if two is None or one is None:
+        goal = f"{model} [{client}]: one client connection (c={c}) to --workers {n} gets >= {WORKERS_ONE_CONNECTION_SHARE:.0%} of --workers 1's req/s"
+        mine, one = (_req_per_s_at(reports.get(k), c) for k in (many, "workers-1"))
+        if mine is None or one is None:
             rows.append((goal, f"not measured (no c={c} figures)", False))
             continue
-        ratio = _ratio(two, one)
-        rows.append((goal, f"{two:.0f} vs {one:.0f} req/s (workers-1) = {_times(ratio)}", ratio is not None and ratio >= WORKERS_ONE_CONNECTION_SHARE))
+        ratio = _ratio(mine, one)
+        rows.append((goal, f"{mine:.0f} vs {one:.0f} req/s (workers-1) = {_times(ratio)}", ratio is not None and ratio >= WORKERS_ONE_CONNECTION_SHARE))
     return rows
 
 
@@ -391,9 +407,10 @@ def _workers_method(s: dict) -> list[str]:
         return []
     if workers.get("missing"):
         return [f"- **--workers** (issue 15): not measured in this run ({workers['missing']})."]
+    n = _workers_count(workers)
     return [
-        f"- **workers-1** / **workers-2** (issue 15; {', '.join(workers['models'])}, CPU only): `edgecnn serve --workers 1` / "
-        "`--workers 2` (batching off, otherwise as batching-off): worker processes sharing the port through "
+        f"- **workers-1** / **workers-{n}** (issue 15; {', '.join(workers['models'])}, CPU only): `edgecnn serve --workers 1` / "
+        f"`--workers {n}` (batching off, otherwise as batching-off): worker processes sharing the port through "
         "SO_REUSEPORT, which balances connections, not requests. Measured at concurrency "
         f"{', '.join(map(str, workers['concurrency']))} only, each client process over "
         f"{workers['connections_per_process']} gRPC connections of its own ({workers['connections']} in all), its "
@@ -506,20 +523,22 @@ def _http_section(results: dict) -> list[str]:
 
 
 def _workers_section(results: dict) -> list[str]:
-    """--workers 2 vs --workers 1 vs the floors at the workers' concurrency, per client."""
+    """--workers N vs --workers 1 vs the floors at the workers' concurrency, per client."""
     workers = results["settings"].get("workers")
     if not workers or not workers.get("models") or workers.get("missing"):
         return []
+    n = _workers_count(workers)
+    kinds = workers_kinds(n)
     rows = []
     for model in workers["models"]:
         servers = results["servers"].get(model, {})
         pa_servers = results.get("perf_analyzer", {}).get(model, {})
-        for client, reports in _clients(servers, pa_servers, "workers-2"):
+        for client, reports in _clients(servers, pa_servers, f"workers-{n}"):
             one = by_concurrency(reports["workers-1"]) if "workers-1" in reports else {}
             for c in workers["concurrency"]:
                 floors = {k: by_concurrency(reports[k])[c]["req_per_s"] for k in FLOORS if k in reports and c in by_concurrency(reports[k])}
                 fastest = max(floors, key=floors.get) if floors else None
-                for kind in (*FLOORS, "batching-off", *WORKERS):
+                for kind in (*FLOORS, "batching-off", *kinds):
                     step = by_concurrency(reports[kind]).get(c) if kind in reports else None
                     if step is None:
                         continue
@@ -536,9 +555,8 @@ def _workers_section(results: dict) -> list[str]:
         "",
         f"At c={', '.join(map(str, workers['concurrency']))}: the load tester over {workers['connections']} client "
         f"connections ({workers['connections_per_process']} per client process), perf_analyzer over its own (sync: 11, "
-        f"--async: about 3; at c=1 one). Targets: --workers 2 >= {WORKERS_OVER_ONE:g}x --workers 1 and >= {WORKERS_OVER_FLOOR:g}x "
-        f"the faster floor at c={TOP_CONCURRENCY}, and one connection (perf_analyzer at c={WORKERS_ONE_CONNECTION}) no worse than "
-        "--workers 1, client and servers on the same CPUs.",
+        f"--async: about 3; at c=1 one). Targets: {_workers_goals_text(n)}, and one connection (perf_analyzer at "
+        f"c={WORKERS_ONE_CONNECTION}) no worse than --workers 1, client and servers on the same CPUs.",
         "",
         _md_table(["model", "client", "server", "concurrency", "req/s", "x workers-1", "x faster floor", "p50 ms", "p99 ms", "errors",
                    "server CPU", "client CPU"], rows),  # fmt: skip
@@ -547,6 +565,13 @@ def _workers_section(results: dict) -> list[str]:
         f"{results['machine'].get('usable_cpus', 'all')} cores was bound by the machine, not by the server's processes.",
         "",
     ]
+
+
+def _workers_goals_text(n: int) -> str:
+    over_one, over_floor = WORKERS_GOALS.get(n, (None, None))
+    goals = [f">= {over_one:g}x --workers 1"] if over_one is not None else []
+    goals += [f">= {over_floor:g}x the faster floor"] if over_floor is not None else []
+    return f"--workers {n} {' and '.join(goals)} at c={TOP_CONCURRENCY}" if goals else f"none for --workers {n} at c={TOP_CONCURRENCY}"
 
 
 def _client_cores(step: dict) -> str:

@@ -245,6 +245,30 @@ def test_a_run_without_workers_says_why():
     assert not any("workers" in goal or "HTTP" in goal for goal in rows_of(data))
 
 
+def test_eight_workers_are_judged_by_their_own_goal_and_a_count_without_one_by_none():
+    """--workers-count 8 (the issue's 16-CPU machine): --workers 8 >= 4x --workers 1 at c=64, with
+    no floor goal; a results file without a count is a run of --workers 2."""
+    data = with_http_and_workers(results({"cpu": servers(1.0, 1.0, 1.0)}, models=("lenet5",)))
+    lenet5 = data["servers"]["lenet5"]
+    lenet5["workers-8"] = sweep({64: 7200.0}, 1.0)  # 4x workers-1's 1800
+    del lenet5["workers-2"]
+    data["settings"]["workers"]["count"] = 8
+    rows = rows_of(data)
+    goal = "lenet5 [edgecnn loadtest]: --workers 8 >= 4x --workers 1's req/s at c=64 (8 client connections)"
+    assert rows[goal] == ("7200 vs 1800 req/s (workers-1) = 4.000x", True)
+    assert [g for g in rows if "--workers" in g] == [goal], "no floor goal, no --workers 2 goal"
+    lenet5["workers-8"]["steps"][0]["req_per_s"] = 7199.0
+    assert rows_of(data)[goal][1] is False
+    section = "\n".join(bench_report._workers_section(data))
+    assert "| lenet5 | edgecnn loadtest | workers-8 | 64 | 7199 | 3.999x | 3.599x |" in section
+    assert "Targets: --workers 8 >= 4x --workers 1 at c=64," in section
+    assert "**workers-1** / **workers-8**" in "\n".join(bench_report._workers_method(data["settings"]))
+    data["settings"]["workers"]["count"] = 4
+    lenet5["workers-4"] = lenet5.pop("workers-8")
+    assert not [g for g in rows_of(data) if "--workers" in g], "no goal set for --workers 4"
+    assert "Targets: none for --workers 4 at c=64," in "\n".join(bench_report._workers_section(data))
+
+
 def test_one_connection_to_two_workers_is_judged_against_one_worker_at_c1():
     data = with_perf_analyzer(with_http_and_workers(results({"cpu": servers(1.0, 1.0, 1.0)}, models=("lenet5",))), "lenet5")
     data["settings"]["workers"]["concurrency"] = [1, 64]

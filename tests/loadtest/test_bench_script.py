@@ -69,6 +69,7 @@ def test_a_bad_concurrency_is_refused_before_anything_runs(bench, capsys):
         (["--processes", "two"], "expected an integer >= 1, not 'two'"),
         (["--devices", "tpu"], "--devices tpu: expected cpu and/or cuda"),
         (["--models", "resnet"], "unknown models ['resnet']"),
+        (["--workers-count", "1"], "expected an integer >= 2, not 1"),
     ],
 )
 def test_bad_numbers_and_names_exit_2(bench, capsys, argv, message):
@@ -105,7 +106,7 @@ def test_results_are_saved_after_every_finished_leg(bench, tmp_path, monkeypatch
     assert list(saved["servers"]) == ["lenet5"] and set(saved["servers"]["lenet5"]) == set(bench.SERVERS)
     assert saved["settings"]["concurrency"] == "1,4,16,64" and saved["settings"]["devices"] == ["cpu"]
     assert saved["settings"]["http"] == {"models": ["lenet5"], "concurrency": [1, 16, 64]}
-    assert saved["settings"]["workers"] == {"models": ["lenet5"], "concurrency": [1, 64], "connections_per_process": 4, "connections": 8,
+    assert saved["settings"]["workers"] == {"models": ["lenet5"], "count": 2, "concurrency": [1, 64], "connections_per_process": 4, "connections": 8,
                                             "missing": "edgecnn serve has no --workers option"}  # fmt: skip
     assert [p.name for p in workdir.iterdir()] == ["results.json"]  # no temporary file left behind
 
@@ -272,7 +273,7 @@ def test_http_and_workers_targets_are_measured_beside_the_servers(bench, tmp_pat
     by_pa: dict = {}
     reports = bench.measure_servers(model, "cpu", args, lambda message: None, by_pa)
 
-    assert list(commands) == [*bench.SERVERS, *bench.WORKERS], "the workers servers start with the four"
+    assert list(commands) == [*bench.SERVERS, "workers-1", "workers-2"], "the workers servers start with the four"
     assert commands["workers-2"][-2:] == ["--workers", "2"] and commands["workers-1"][-2:] == ["--workers", "1"]
     assert "--workers" not in commands["batching-off"]
     expected = {**{k: [1, 4, 64] for k in bench.SERVERS}, "http-binary": [1, 64], "http-json": [1, 64], "workers-1": [1, 64], "workers-2": [1, 64]}
@@ -291,8 +292,11 @@ def test_http_and_workers_targets_are_measured_beside_the_servers(bench, tmp_pat
 def test_no_workers_servers_without_the_option_or_off_the_cpu(bench, tmp_path):
     model = bench.BenchModel("lenet5", tmp_path, tmp_path / "model.onnx", 1000, (1, 28, 28), "test")
     args = bench.parse_args(["--devices", "cpu"])
-    assert bench.server_kinds(model, "cpu", args) == [*bench.SERVERS, *bench.WORKERS]
+    assert bench.server_kinds(model, "cpu", args) == [*bench.SERVERS, "workers-1", "workers-2"]
     assert bench.server_kinds(model, "cuda", args) == list(bench.SERVERS)
+    eight = bench.parse_args(["--devices", "cpu", "--workers-count", "8"])
+    assert bench.server_kinds(model, "cpu", eight) == [*bench.SERVERS, "workers-1", "workers-8"]
+    assert bench.server_command("workers-8", model, 1, 0, "cpu")[0][-2:] == ["--workers", "8"]
     args.workers_missing = "edgecnn serve has no --workers option"
     assert bench.server_kinds(model, "cpu", args) == list(bench.SERVERS)
     assert bench.server_kinds(model, "cpu", bench.parse_args(["--devices", "cpu", "--workers-models", ""])) == list(bench.SERVERS)
