@@ -19,6 +19,14 @@ to do, the loop would only wait for the worker thread, and the hop costs the req
 under load the worker threads win, since ONNX Runtime then computes on one core while the loop
 serves gRPC on the other (1031 against 791 req/s at concurrency 64). A request arriving during
 such a call waits at most its estimate.
+
+"Alone" has to be seen before it is believed: while an inline call blocks the loop, requests
+that have arrived on other connections are not yet counted open. gRPC's core takes them in on
+threads of its own, but the HTTP front end reads them on the loop, so under load each HTTP
+request would find itself alone and run inline, one after another on one core. A call that fits
+only the idle budget therefore gives the loop one turn first (Batcher._still_alone), in which
+what has arrived is taken; docs/benchmarks.md's MobileNetV2 HTTP rows at concurrency 64 showed
+that serial mode.
 """
 
 from __future__ import annotations

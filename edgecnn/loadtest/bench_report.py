@@ -207,7 +207,7 @@ def _workers_targets(model: str, device: str, servers: dict, pa_servers: dict, w
     if not workers or model not in workers.get("models", []) or device != "cpu":
         return []
     top, n = TOP_CONCURRENCY, _workers_count(workers)
-    many = f"workers-{n}"
+    many = f"{WORKERS_PREFIX}{n}"
     over_one, over_floor = WORKERS_GOALS.get(n, (None, None))
     goals = [(f"{model} [{{client}}]: --workers {n} >= {share:g}x {label}'s req/s at c={top}{{over}}", base, share)
              for share, label, base in ((over_one, "--workers 1", "workers-1"), (over_floor, "the faster floor", None))
@@ -533,7 +533,7 @@ def _workers_section(results: dict) -> list[str]:
     for model in workers["models"]:
         servers = results["servers"].get(model, {})
         pa_servers = results.get("perf_analyzer", {}).get(model, {})
-        for client, reports in _clients(servers, pa_servers, f"workers-{n}"):
+        for client, reports in _clients(servers, pa_servers, f"{WORKERS_PREFIX}{n}"):
             one = by_concurrency(reports["workers-1"]) if "workers-1" in reports else {}
             for c in workers["concurrency"]:
                 floors = {k: by_concurrency(reports[k])[c]["req_per_s"] for k in FLOORS if k in reports and c in by_concurrency(reports[k])}

@@ -154,6 +154,29 @@ def test_lone_request_runs_inline_on_the_loop_within_the_budget(threads):
     assert metrics.queue_wait.values[0] == 0.0
 
 
+def test_a_call_within_the_idle_budget_only_runs_inline_if_still_alone_after_a_loop_turn(threads):
+    """A call over the inline budget but within the idle one runs on the loop while it is the only
+    call open; a call that arrives in the loop turn it gives first (as the HTTP front end takes its
+    requests, on the loop) sends it to a worker thread instead."""
+    model = SlowModel(serving(inline_max_s=1e-4, inline_idle_max_s=1e-2), batch1_s=1e-3)
+    open_calls = [1]  # the call itself
+
+    def another_arrives() -> None:
+        open_calls[0] += 1
+
+    async def main():
+        batcher = Batcher(model, threads, FakeMetrics(), lambda: open_calls[0])  # type: ignore[arg-type]
+        await batcher.infer(rows(1, 1))  # alone
+        asyncio.get_running_loop().call_soon(another_arrives)  # its request was waiting to be read
+        await batcher.infer(rows(1, 1))
+        open_calls[0] = 1
+        await batcher.infer(rows(1, 1))  # alone again
+
+    asyncio.run(main())
+    loop_thread = threading.current_thread().name
+    assert [name == loop_thread for _, name in model.calls] == [True, False, True]
+
+
 def test_queued_inline_batches_yield_to_the_event_loop_between_them(threads):
     """After a worker-thread batch, hundreds of queued requests run inline in batches that fit
     the budget, one per loop callback: other work (health checks, socket reads) runs between."""
