@@ -38,7 +38,7 @@ import numpy as np
 
 from .compute_threads import ComputeThreads
 from .errors import QueueFull, Unavailable
-from .inline import inline_rows, runs_inline
+from .inline import inline_rows, runs_inline, within_budget
 from .metrics import ModelMetrics
 from .model_version import ModelVersion
 from .statistics import VersionStatistics
@@ -128,9 +128,12 @@ class Batcher:
         with, no worker thread to hand over to, and within an inline budget (inline.py).
         call_counted: the request's call is already among the server's open calls."""
         return not self._pending and runs_inline(
-            rows * self.mv.batch1_s, self.inline_max_s, self._running + len(self._direct),
+            self._estimate_s(rows), self.inline_max_s, self._running + len(self._direct),
             self.inline_idle_max_s, self._calls_open, 1 if call_counted else 0,
         )  # fmt: skip
+
+    def _estimate_s(self, rows: int) -> float:
+        return rows * self.mv.batch1_s
 
     async def _still_alone(self, rows: int) -> bool:
         """A call within the idle budget only (inline.py) still runs at once after one turn of
@@ -147,7 +150,8 @@ class Batcher:
 
     async def infer(self, x: np.ndarray) -> Computed:
         """Logits for x: float32 (N, C, H, W), N within the model's max batch size."""
-        if self.runs_now(len(x)) and (len(x) * self.mv.batch1_s <= self.inline_max_s or await self._still_alone(len(x))):
+        rows = len(x)
+        if self.runs_now(rows) and (within_budget(self._estimate_s(rows), self.inline_max_s) or await self._still_alone(rows)):
             return self.run_now(x)
         if not self.batching:
             return await self._infer_direct(x)
@@ -253,7 +257,7 @@ class Batcher:
             self._fail_logged(batch, exc)
             return False
         merged = int((perf_counter() - start) * 1e9) if len(batch) > 1 else 0
-        if runs_inline(len(x) * self.mv.batch1_s, self.inline_max_s, self._running):
+        if runs_inline(self._estimate_s(len(x)), self.inline_max_s, self._running):
             try:
                 out, took = self._timed_compute(x)
             except Exception as exc:

@@ -48,7 +48,12 @@ def runs_inline(
     request's own call is counted in it, 0 before it is)."""
     if running:
         return False
-    return estimate_s <= max_s or (estimate_s <= idle_max_s and calls_open is not None and calls_open() <= alone_at)
+    return within_budget(estimate_s, max_s) or (estimate_s <= idle_max_s and calls_open is not None and calls_open() <= alone_at)
+
+
+def within_budget(estimate_s: float, max_s: float) -> bool:
+    """The batch fits the inline budget itself, whatever the server is doing (NaN: unknown, no)."""
+    return estimate_s <= max_s
 
 
 def inline_rows(batch1_s: float, max_s: float) -> int:
